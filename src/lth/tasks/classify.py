@@ -1,0 +1,62 @@
+"""Sentence(-pair) classification and regression: tokenise once, score logits with the task's metrics."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..metrics import score_classification
+from .examples import ClassificationData, Examples
+
+
+class ClassificationTask:
+    """What the trunk needs from a task: a head, features to train and evaluate on, and a score."""
+
+    head = "classification"
+
+    def __init__(self, data: ClassificationData):
+        self.data = data
+        self.name = data.name
+
+    @property
+    def head_kwargs(self) -> dict:
+        if self.data.regression:
+            return {"num_labels": 1, "problem_type": "regression"}
+        return {"num_labels": len(self.data.label_names),
+                "problem_type": "single_label_classification"}
+
+    @property
+    def metric_names(self) -> list[str]:
+        splits = list(self.data.evals)
+        if len(splits) == 1:
+            return list(self.data.metrics)
+        return [f"{split}/{m}" for split in splits for m in self.data.metrics]
+
+    @property
+    def primary(self) -> str:
+        return self.metric_names[0]
+
+    @property
+    def notes(self) -> list[str]:
+        return self.data.notes
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.data.train), **{k: len(v) for k, v in self.data.evals.items()}}
+
+    def train_features(self, tokenizer, max_length: int) -> list[dict]:
+        return encode(self.data.train, tokenizer, max_length)
+
+    def eval_features(self, tokenizer, max_length: int) -> dict[str, list[dict]]:
+        return {split: encode(ex, tokenizer, max_length) for split, ex in self.data.evals.items()}
+
+    def score(self, split: str, logits: np.ndarray) -> dict[str, float]:
+        labels = np.asarray(self.data.evals[split].labels)
+        scores = score_classification(logits, labels, self.data.metrics, self.data.regression)
+        prefix = "" if len(self.data.evals) == 1 else f"{split}/"
+        return {prefix + k: v for k, v in scores.items()}
+
+
+def encode(examples: Examples, tokenizer, max_length: int) -> list[dict]:
+    """Token ids (no padding) and label per example, in one batched tokenizer call."""
+    args = (examples.texts,) if examples.pairs is None else (examples.texts, examples.pairs)
+    enc = tokenizer(*args, truncation=True, max_length=max_length, padding=False)
+    keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
+    return [{**{k: enc[k][i] for k in keys}, "labels": examples.labels[i]} for i in range(len(examples))]

@@ -1,0 +1,144 @@
+"""The one training loop: fine-tune a masked model, resumable, and evaluate it."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batches import Feature, collate, evaluation_order, training_order
+from .masks import Mask
+from .runs import load_torch, save_torch
+
+
+@dataclass
+class Recipe:
+    """How one level is trained."""
+
+    batch_size: int
+    lr: float
+    epochs: float
+    weight_decay: float = 0.0
+    warmup: float = 0.0
+    seed: int = 1
+    bf16: bool = False
+    max_grad_norm: float = 1.0
+    checkpoint_minutes: float = 10.0
+
+    def total_steps(self, examples: int) -> int:
+        return math.ceil(self.epochs * self.steps_per_epoch(examples))
+
+    def steps_per_epoch(self, examples: int) -> int:
+        return math.ceil(examples / self.batch_size)
+
+    def lr_at(self, step: int, total: int) -> float:
+        """Linear warm-up then linear decay to zero over the level's own steps."""
+        warm = int(self.warmup * total)
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        return self.lr * max(0.0, (total - step) / max(1, total - warm))
+
+
+def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
+    # Decay only matrices (by shape, not by name): biases and LayerNorm stay undecayed, as in BERT.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": recipe.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=recipe.lr, fused=True)
+
+
+def _state(model, optimizer, step: int) -> dict:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "rng": torch.get_rng_state()}
+
+
+def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Recipe, pad_id: int,
+             checkpoint: Path, start_step: int = 0, desc: str = "train",
+             on_step: Callable[[int], None] | None = None) -> int:
+    """Train `model` with `mask` held fixed (pruned weights stay exactly zero); returns steps taken.
+
+    Resumes from `checkpoint` when it exists, and writes it every epoch and every few minutes."""
+    params = dict(model.named_parameters())
+    weights = [params[name] for name in mask]
+    keep = [m.to(w.dtype) for m, w in zip(mask.values(), weights)]
+    optimizer = _optimizer(model, recipe)
+    total, per_epoch = recipe.total_steps(len(features)), recipe.steps_per_epoch(len(features))
+    step = start_step
+    torch.manual_seed(recipe.seed)  # dropout
+    if checkpoint.exists():
+        state = load_torch(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        step = state["step"]
+    _multiply_(weights, keep)
+    lengths = [len(f["input_ids"]) for f in features]
+    model.train()
+    saved_at = time.monotonic()
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+    while step < total:
+        epoch, offset = divmod(step, per_epoch)
+        for ids in training_order(lengths, recipe.batch_size, recipe.seed, epoch)[offset:]:
+            loss = _step(model, optimizer, collate([features[i] for i in ids], pad_id), weights, keep,
+                         recipe, recipe.lr_at(step, total))
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if on_step is not None:
+                on_step(step)
+            epoch_end = step % per_epoch == 0 or step == total
+            if epoch_end or time.monotonic() - saved_at > 60 * recipe.checkpoint_minutes:
+                save_torch(_state(model, optimizer, step), checkpoint)
+                saved_at = time.monotonic()
+            if step == total:
+                break
+    bar.close()
+    return step - start_step
+
+
+def _step(model, optimizer, batch, weights, keep, recipe: Recipe, lr: float) -> float:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+        loss = model(**batch).loss
+    loss.backward()
+    # Masking gradients before clipping keeps the norm honest and Adam's moments at zero for pruned
+    # weights; masking the weights after the step makes "exactly zero" independent of the optimizer.
+    grads = [(w.grad, k) for w, k in zip(weights, keep) if w.grad is not None]  # unused weights: no grad
+    _multiply_([g for g, _ in grads], [k for _, k in grads])
+    nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    _multiply_(weights, keep)
+    return loss.item()
+
+
+@torch.no_grad()
+def _multiply_(tensors: list[torch.Tensor], factors: list[torch.Tensor]) -> None:
+    torch._foreach_mul_(tensors, factors)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, features: list[Feature], pad_id: int, batch_size: int, bf16: bool,
+            desc: str = "eval") -> np.ndarray:
+    """Logits for every feature, in the features' order (no gradients, length-sorted batches)."""
+    model.eval()
+    lengths = [len(f["input_ids"]) for f in features]
+    out: list[np.ndarray | None] = [None] * len(features)
+    with tqdm(total=len(features), desc=desc, unit="ex", dynamic_ncols=True, leave=False) as bar:
+        for ids in evaluation_order(lengths, batch_size):
+            batch = collate([features[i] for i in ids], pad_id)
+            batch.pop("labels", None)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(**batch).logits.float().numpy()
+            for i, row in zip(ids, logits):
+                out[i] = row
+            bar.update(len(ids))
+    model.train()
+    return np.stack(out)
