@@ -6,23 +6,32 @@ import torch
 Feature = dict  # "input_ids" (list[int]), optional "token_type_ids", "labels" (int | float)
 
 
+# Per-token keys and what pads them; `None` means the tokenizer's pad id. Scalar keys are stacked and
+# anything else (offsets, example indices) is bookkeeping that stays out of the model's inputs.
+PADDING = {"input_ids": None, "token_type_ids": 0, "labels": -100, "special_tokens_mask": 1}
+SCALARS = ("labels", "start_positions", "end_positions")
+
+
 def collate(features: list[Feature], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad a batch to its longest member."""
     width = max(len(f["input_ids"]) for f in features)
-    batch = {"input_ids": torch.full((len(features), width), pad_id, dtype=torch.long),
-             "attention_mask": torch.zeros((len(features), width), dtype=torch.long)}
-    if "token_type_ids" in features[0]:
-        batch["token_type_ids"] = torch.zeros((len(features), width), dtype=torch.long)
+    batch = {"attention_mask": torch.zeros((len(features), width), dtype=torch.long)}
     for row, f in enumerate(features):
-        n = len(f["input_ids"])
-        batch["input_ids"][row, :n] = torch.tensor(f["input_ids"])
-        batch["attention_mask"][row, :n] = 1
-        if "token_type_ids" in batch:
-            batch["token_type_ids"][row, :n] = torch.tensor(f["token_type_ids"])
-    if "labels" in features[0]:
-        labels = [f["labels"] for f in features]
-        batch["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
+        batch["attention_mask"][row, :len(f["input_ids"])] = 1
+    for key, value in features[0].items():
+        if key in PADDING and isinstance(value, list):
+            batch[key] = _pad([f[key] for f in features], width, pad_id if PADDING[key] is None else PADDING[key])
+        elif key in SCALARS:
+            values = [f[key] for f in features]
+            batch[key] = torch.tensor(values, dtype=torch.float if isinstance(values[0], float) else torch.long)
     return batch
+
+
+def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row)
+    return out
 
 
 def training_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

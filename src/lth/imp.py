@@ -36,7 +36,7 @@ def find(settings: FindSettings | None = None, **overrides) -> dict:
     weights = prunable_weights(model, s.include, s.exclude)
     save_json({"settings": s.to_dict(), "sizes": task.sizes()}, run / "settings.json")
     _restore_or_save(model, run / "init.safetensors")
-    kept, total = masks.count(masks.ones(weights))
+    total = sum(w.numel() for w in weights.values())
     say(f"model {s.model}: {len(weights)} prunable matrices, {total:,} weights "
         f"of {sum(p.numel() for p in model.parameters()):,} parameters")
     trunk = Trunk(s, task, tokenizer, model, weights, run)

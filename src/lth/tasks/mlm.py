@@ -1,0 +1,162 @@
+"""Masked-language-model pieces: raw text to fixed-size blocks, BERT masking, metrics, and an MLM head."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import LthError
+from ..models import _first_line, _quiet_transformers, resolve_model
+
+IGNORE = -100  # the label cross-entropy skips: positions that were not chosen for prediction
+
+
+def read_text(path: str) -> list[str]:
+    """Lines of a raw text file, stripped, blank lines dropped."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise LthError(f"{path}: no such file; MLM needs a raw text file, one paragraph a line")
+    try:
+        lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as e:
+        raise LthError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise LthError(f"{path} is empty: MLM needs raw text, one paragraph a line")
+    return lines
+
+
+def pack_blocks(lines: list[str], tokenizer, block_size: int = 128) -> list[dict]:
+    """Tokenise, concatenate and cut the text into [CLS] chunk [SEP] blocks of exactly `block_size` tokens."""
+    if block_size < 3:
+        raise LthError(f"block size {block_size} is too small: a block holds [CLS], [SEP] and at least one token; "
+                       "use --max-length 3 or more")
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if cls is None or sep is None:
+        raise LthError(f"the tokenizer {type(tokenizer).__name__} has no CLS/SEP tokens to wrap blocks with; "
+                       "use an encoder's tokenizer (BERT, RoBERTa, ...)")
+    # verbose=False: long paragraphs exceed model_max_length on purpose; they are cut into blocks below.
+    enc = tokenizer(lines, add_special_tokens=False, return_attention_mask=False,
+                    return_token_type_ids=False, verbose=False)
+    ids = [i for row in enc["input_ids"] for i in row]
+    chunk = block_size - 2
+    if len(ids) < chunk:
+        raise LthError(f"the text has {len(ids)} tokens, too few for one block of {block_size} "
+                       f"({chunk} text tokens plus [CLS] and [SEP]); use a smaller --max-length or more text")
+    # Literal special tokens in the text (e.g. [UNK]) are never prediction targets, as in Hugging Face's collator.
+    special = set(tokenizer.all_special_ids)
+    blocks = []
+    for start in range(0, len(ids) - chunk + 1, chunk):
+        block = [cls, *ids[start:start + chunk], sep]
+        blocks.append({"input_ids": block, "special_tokens_mask": [int(i in special) for i in block]})
+    return blocks
+
+
+def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, mask_token_id: int, vocab_size: int,
+                generator: torch.Generator, probability: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking of a [B, L] batch: (masked input ids, labels with -100 where not chosen)."""
+    if not 0.0 < probability < 1.0:
+        raise LthError(f"masking probability {probability} is out of range; use a value between 0 and 1, "
+                       "e.g. 0.15")
+    shape, device = input_ids.shape, generator.device
+    # Every draw comes from `generator`, on its device, so a seed fixes the masking wherever the batch lives.
+    chance = torch.full(shape, probability, device=device).masked_fill_(special.to(device).bool(), 0.0)
+    chosen = torch.bernoulli(chance, generator=generator).bool()
+    action = torch.rand(shape, generator=generator, device=device)
+    random_ids = torch.randint(vocab_size, shape, generator=generator, device=device)
+    chosen, action, random_ids = (t.to(input_ids.device) for t in (chosen, action, random_ids))
+    masked = input_ids.clone()
+    masked[chosen & (action < 0.8)] = mask_token_id
+    swap = chosen & (action >= 0.8) & (action < 0.9)  # the last 10% keep their token
+    masked[swap] = random_ids[swap].to(input_ids.dtype)
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
+    return masked, labels
+
+
+def _block_generator(seed: int, index: int) -> torch.Generator:
+    """A generator whose seed depends on both `seed` and `index`, without collisions between the pairs."""
+    state = int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(state)
+
+
+def fixed_eval_masking(blocks: list[dict], mask_token_id: int, vocab_size: int, seed: int = 0) -> list[dict]:
+    """Each block masked once, the same way on every call, so models are compared on the same positions."""
+    features = []
+    for index, block in enumerate(blocks):
+        ids = torch.tensor([block["input_ids"]])
+        special = torch.tensor([block["special_tokens_mask"]], dtype=torch.bool)
+        masked, labels = mask_tokens(ids, special, mask_token_id, vocab_size, _block_generator(seed, index))
+        features.append({"input_ids": masked[0].tolist(), "labels": labels[0].tolist()})
+    return features
+
+
+def mlm_metrics(correct: int, total: int, loss_sum: float) -> dict[str, float]:
+    """Accuracy, mean cross-entropy per masked token, and its exponential, from sums over masked tokens."""
+    if total <= 0:
+        raise LthError("no masked tokens to score: the evaluation text is too short; give more evaluation text")
+    loss = loss_sum / total
+    return {"masked_accuracy": correct / total, "loss": loss,
+            "perplexity": math.exp(loss) if loss < 700 else math.inf}  # exp overflows a float past ~709
+
+
+def attach_mlm_head(model_name_or_path: str, seed: int) -> tuple[nn.Module, bool]:
+    """The encoder with an MLM head, a missing head initialised from `seed`: (model, head_was_new)."""
+    from transformers import AutoModelForMaskedLM
+
+    _quiet_transformers()
+    path = resolve_model(model_name_or_path)
+    torch.manual_seed(seed)  # the new head's initial weights are part of the rewind point
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(path, attn_implementation="eager",
+                                                           output_loading_info=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise LthError(f"--model {model_name_or_path}: could not load it as a masked-LM model "
+                       f"({_first_line(e)}); check the path or hub id (the hub needs a network)") from None
+    head_was_new = _head_missing(model, info["missing_keys"])
+    if head_was_new:
+        _tie_decoder(model)
+    _restore_pooler(model, path, seed)
+    return model, head_was_new
+
+
+def _head_missing(model: nn.Module, missing_keys) -> bool:
+    """True if any head weight (a parameter outside the base model) was absent from the checkpoint."""
+    prefix = model.base_model_prefix + "."
+    head = {name for name in model.state_dict() if not name.startswith(prefix)}
+    return bool(head & set(missing_keys))
+
+
+def _tie_decoder(model: nn.Module) -> None:
+    """Tie a new decoder to the word embeddings, as BERT pretraining does, instead of leaving it random."""
+    if model.get_output_embeddings().weight is model.get_input_embeddings().weight:
+        return
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+
+
+def _restore_pooler(model: nn.Module, path: str, seed: int) -> None:
+    """Give the encoder back the pooler that *ForMaskedLM drops when the classification model has one, so
+    their parameter names (and so a mask found on MLM) match; the pooler gets no gradient from the MLM loss."""
+    from transformers import AutoModel
+
+    base = model.base_model
+    if getattr(base, "pooler", False) is not None or not _classifier_has_pooler(model.config):
+        return  # nothing dropped (no pooler in the architecture, or the MLM model kept it), or nothing to match
+    torch.manual_seed(seed)  # a checkpoint without pooler weights gets a seeded one, as classification does
+    full = AutoModel.from_pretrained(path, attn_implementation="eager")
+    if type(full) is type(base) and getattr(full, "pooler", None) is not None:
+        base.pooler = full.pooler
+
+
+def _classifier_has_pooler(config) -> bool:
+    """Whether AutoModelForSequenceClassification keeps the encoder's pooler (BERT does, RoBERTa does not)."""
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.device("meta"):  # the skeleton only: no memory, no weight initialisation
+        skeleton = AutoModelForSequenceClassification.from_config(config)
+    return getattr(skeleton.base_model, "pooler", None) is not None
