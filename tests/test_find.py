@@ -179,3 +179,21 @@ def test_help_explains_every_flag(capsys):
     for flag in ["--model", "--task", "--data", "--schedule", "--rate", "--max-sparsity", "--levels", "--strategy",
                  "--include", "--exclude", "--rewind-step", "--precision", "--train-limit", "--runs-dir"]:
         assert flag in out
+
+
+def test_a_matrix_pruned_away_is_reported(toy, tmp_path, capsys, monkeypatch):
+    # Shrink one matrix of the rewind point so that global magnitude pruning removes all of it.
+    from lth import imp
+
+    original = imp._restore_or_save
+
+    def shrink_pooler(model, path):
+        with torch.no_grad():
+            model.bert.pooler.dense.weight.mul_(1e-6)
+        original(model, path)  # saved as θ0, so every rewind brings the tiny pooler back
+
+    monkeypatch.setattr(imp, "_restore_or_save", shrink_pooler)
+    # a tiny lr: Adam's first steps (~lr each) would otherwise give the pooler ordinary magnitudes again
+    lth.find(**settings(toy, tmp_path, max_sparsity=0.5, lr=1e-7))
+    out = capsys.readouterr().out
+    assert "warning: level 1 keeps 0.0% of bert.pooler.dense.weight" in out

@@ -84,6 +84,7 @@ def test_pack_blocks_cuts_the_token_stream_into_wrapped_chunks(tiny_tokenizer):
     tok, lines = tiny_tokenizer, tiny_lines()
     blocks = pack_blocks(lines, tok, block_size=16)
     stream = [i for row in tok(lines, add_special_tokens=False)["input_ids"] for i in row]
+    assert tok.unk_token_id not in stream
     assert len(blocks) == len(stream) // 14 and len(blocks) > 10
     specials = set(tok.all_special_ids)
     for block in blocks:

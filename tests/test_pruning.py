@@ -86,3 +86,10 @@ def test_schedules():
     assert planned_levels("remaining", 0.2, 0.6, None) == pytest.approx([0, 0.2, 0.36, 0.488, 0.5904])
     assert planned_levels("original", 0.1, 0.9, 3) == pytest.approx([0, 0.1, 0.2, 0.3])
     assert sparsity_at(3, "original", 0.1) == 0.3
+
+
+def test_nearly_empty_names_matrices_below_the_threshold():
+    mask = {"a": torch.zeros(10, 10, dtype=torch.bool), "b": torch.ones(10, 10, dtype=torch.bool)}
+    mask["a"][0, 0] = True
+    assert masks.nearly_empty(mask, below=0.02) == {"a": pytest.approx(0.01)}
+    assert masks.nearly_empty(mask, below=0.005) == {}

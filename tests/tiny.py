@@ -17,7 +17,9 @@ def write_tokenizer(folder: Path, with_token_types: bool = True):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL) + "\n")
     names = ["input_ids", "token_type_ids", "attention_mask"] if with_token_types else ["input_ids", "attention_mask"]
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_input_names=names)
+    # transformers 5 ignores `vocab_file=` here (every word became [UNK]); `vocab=` is honoured.
+    tok = BertTokenizerFast(vocab=str(folder / "vocab.txt"), model_input_names=names)
+    assert tok.convert_tokens_to_ids("good") == len(SPECIAL), "tiny tokenizer lost its vocabulary"
     tok.save_pretrained(folder)
     return tok
 

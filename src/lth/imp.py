@@ -102,15 +102,19 @@ class Trunk:
         target = sparsity_at(level + 1, self.s.schedule, self.s.rate)
         if target < 1:
             new = prune(self.s.strategy, self.weights, mask, target)
+            for name, density in masks.nearly_empty(new).items():
+                say(f"warning: level {level + 1} keeps {density:.1%} of {name}: global magnitude ranks the whole "
+                    "matrix lowest, which cuts the layer out and can collapse the model; if unintended, rerun "
+                    "with --exclude on its name or --strategy layerwise")
             masks.save(new, level_dir(self.run, level + 1) / "mask.safetensors",
                        {"level": level + 1, "model": self.s.model, "strategy": self.s.strategy})
 
     def evaluate(self, level: int) -> dict[str, float]:
         metrics = {}
         for split, feats in self.evals.items():
-            logits = predict(self.model, feats, self.pad_id, self.s.eval_batch_size,
-                             self.recipe.bf16, desc=f"level {level} eval {split}")
-            metrics.update(self.task.score(split, logits))
+            outputs = predict(self.model, feats, self.pad_id, self.s.eval_batch_size, self.recipe.bf16,
+                              self.task.collect, desc=f"level {level} eval {split}")
+            metrics.update(self.task.score(split, outputs))
         return metrics
 
     def rewind_file(self) -> str:

@@ -29,6 +29,12 @@ def sparsity(mask: Mask) -> float:
     return 1.0 - kept / total
 
 
+def nearly_empty(mask: Mask, below: float = 0.01) -> dict[str, float]:
+    """Matrices keeping less than `below` of their weights: a layer that is effectively gone."""
+    densities = {name: m.float().mean().item() for name, m in mask.items()}
+    return {name: d for name, d in densities.items() if d < below}
+
+
 @torch.no_grad()
 def apply_(weights: dict[str, torch.Tensor], mask: Mask) -> None:
     """Zero the pruned weights in place."""

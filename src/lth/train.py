@@ -124,21 +124,27 @@ def _multiply_(tensors: list[torch.Tensor], factors: list[torch.Tensor]) -> None
     torch._foreach_mul_(tensors, factors)
 
 
+def logits_rows(batch: dict, output) -> list[np.ndarray]:
+    """Classification: one row of logits per example."""
+    return list(output.logits.float().numpy())
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, features: list[Feature], pad_id: int, batch_size: int, bf16: bool,
-            desc: str = "eval") -> np.ndarray:
-    """Logits for every feature, in the features' order (no gradients, length-sorted batches)."""
+            collect: Callable[[dict, object], list] = logits_rows, desc: str = "eval") -> list:
+    """What `collect` keeps of the model's output for every feature, in the features' order.
+
+    No gradients; batches sorted by length so padding is minimal."""
     model.eval()
     lengths = [len(f["input_ids"]) for f in features]
-    out: list[np.ndarray | None] = [None] * len(features)
+    out: list = [None] * len(features)
     with tqdm(total=len(features), desc=desc, unit="ex", dynamic_ncols=True, leave=False) as bar:
         for ids in evaluation_order(lengths, batch_size):
             batch = collate([features[i] for i in ids], pad_id)
-            batch.pop("labels", None)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = model(**batch).logits.float().numpy()
-            for i, row in zip(ids, logits):
-                out[i] = row
+                output = model(**batch)
+            for i, kept in zip(ids, collect(batch, output)):
+                out[i] = kept
             bar.update(len(ids))
     model.train()
-    return np.stack(out)
+    return out

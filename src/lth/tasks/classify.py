@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..metrics import score_classification
+from ..train import logits_rows
 from .examples import ClassificationData, Examples
 
 
@@ -47,9 +48,11 @@ class ClassificationTask:
     def eval_features(self, tokenizer, max_length: int) -> dict[str, list[dict]]:
         return {split: encode(ex, tokenizer, max_length) for split, ex in self.data.evals.items()}
 
-    def score(self, split: str, logits: np.ndarray) -> dict[str, float]:
+    collect = staticmethod(logits_rows)
+
+    def score(self, split: str, rows: list[np.ndarray]) -> dict[str, float]:
         labels = np.asarray(self.data.evals[split].labels)
-        scores = score_classification(logits, labels, self.data.metrics, self.data.regression)
+        scores = score_classification(np.stack(rows), labels, self.data.metrics, self.data.regression)
         prefix = "" if len(self.data.evals) == 1 else f"{split}/"
         return {prefix + k: v for k, v in scores.items()}
 
