@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import LthError
@@ -36,7 +36,13 @@ class FindSettings:
                              default="label")
     train_limit: int | None = _opt("use only the first N training examples", default=None)
     eval_limit: int | None = _opt("use only the first N examples of each evaluation split", default=None)
-    max_length: int = _opt("truncate inputs to this many tokens", default=128)
+    max_length: int | None = _opt("tokens per input (default 384 for squad, 128 otherwise; MLM block size)",
+                                  default=None)
+    doc_stride: int = _opt("squad: overlap of the windows over a long context, in tokens", default=128)
+    split_articles: str = _opt("squad without --eval: TRAIN:EVAL article counts of the --data file, first "
+                               "articles to train, next ones to evaluate", default="40:8")
+    steps: int | None = _opt("train exactly this many steps a level instead of --epochs (e.g. for mlm)",
+                             default=None)
     batch_size: int = _opt("training batch size", default=32)
     lr: float = _opt("peak learning rate of AdamW (linear decay to 0, every level)", default=2e-5)
     epochs: float = _opt("training epochs per level", default=3.0)
@@ -69,13 +75,17 @@ class FindSettings:
     def __post_init__(self) -> None:
         if self.rate is None:
             self.rate = 0.1 if self.schedule == "original" else 0.2
+        if self.max_length is None:
+            self.max_length = 384 if self.task == "squad" else 128
         validate(self)
         if self.precision == "auto":  # resolved before hashing: bf16 and fp32 runs give different numbers
             self.precision = "bf16" if cpu_has_native_bf16() else "fp32"
 
     def hashed(self) -> dict:
-        """The settings that change results, in a canonical form."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["hashed"]}
+        """The settings that change results and differ from their defaults (as OpenLTH does: adding a
+        new setting with a default later leaves every existing run's name unchanged)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.metadata["hashed"] and getattr(self, f.name) != _default(f)}
 
     def digest(self) -> str:
         blob = json.dumps(self.hashed(), sort_keys=True, default=str)
@@ -91,6 +101,10 @@ class FindSettings:
 # encoder), so global magnitude pruning deletes all of it by ~50% sparsity and the classifier sees a constant.
 DEMO = {"model": "minilm", "task": "bbc", "epochs": 1.0, "lr": 1e-4, "max_length": 128,
         "schedule": "remaining", "rate": 0.3, "max_sparsity": 0.7, "exclude": ["pooler"]}
+
+
+def _default(f):
+    return f.default if f.default is not MISSING else f.default_factory()
 
 
 def find_settings(**given) -> FindSettings:
@@ -128,6 +142,9 @@ def validate(s: FindSettings) -> None:
     _check(s.lr > 0, f"--lr {s.lr} must be positive")
     _check(0 <= s.warmup < 1, f"--warmup {s.warmup} must be in [0, 1)")
     _check(s.max_length >= 8, f"--max-length {s.max_length} is too short; use 8 or more tokens")
+    _check(s.steps is None or s.steps > 0, f"--steps {s.steps} must be positive")
+    _check(s.task != "squad" or 0 < s.doc_stride < s.max_length,
+           f"--doc-stride {s.doc_stride} must be between 0 and --max-length {s.max_length}")
     _check(s.rewind_step >= 0, f"--rewind-step {s.rewind_step} must be 0 or more")
     for flag, value in (("--train-limit", s.train_limit), ("--eval-limit", s.eval_limit)):
         _check(value is None or value > 0, f"{flag} {value} must be a positive number of examples")

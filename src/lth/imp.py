@@ -13,12 +13,14 @@ from tqdm.auto import tqdm
 from . import masks
 from .config import FindSettings, find_settings
 from .errors import LthError
-from .models import load_model, load_tokenizer, prunable_weights
+from .models import load_tokenizer, prunable_weights
 from .pruning import planned_levels, prune, sparsity_at
 from .report import level_line, table
 from .runs import atomic_path, level_dir, load_json, save_json
 from .tasks import load_task
 from .tasks.classify import ClassificationTask
+from .tasks.mlm import MaskedLMTask
+from .tasks.squad import SquadTask
 from .train import Recipe, finetune, predict
 
 
@@ -30,11 +32,11 @@ def find(settings: FindSettings | None = None, **overrides) -> dict:
     tokenizer = load_tokenizer(s.model)
     run = Path(s.runs_dir) / f"{_slug(task.name)}-{_slug(s.model)}-{s.digest()}"
     say(f"run {run}")
+    model = task.load_model(s.model, s.seed)
+    weights = prunable_weights(model, s.include, s.exclude)
     for note in task.notes:
         say(f"note: {note}")
-    model = load_model(s.model, task.head, s.seed, **task.head_kwargs)
-    weights = prunable_weights(model, s.include, s.exclude)
-    save_json({"settings": s.to_dict(), "sizes": task.sizes()}, run / "settings.json")
+    save_json({"settings": s.to_dict(), "sizes": task.sizes(), "notes": task.notes}, run / "settings.json")
     _restore_or_save(model, run / "init.safetensors")
     total = sum(w.numel() for w in weights.values())
     say(f"model {s.model}: {len(weights)} prunable matrices, {total:,} weights "
@@ -49,7 +51,12 @@ def find(settings: FindSettings | None = None, **overrides) -> dict:
     return summary
 
 
-def build_task(s: FindSettings) -> ClassificationTask:
+def build_task(s: FindSettings):
+    """The task object the trunk drives: features, a model with its head, and a score."""
+    if s.task == "squad":
+        return SquadTask(s.data, s.eval, s.split_articles, s.doc_stride, s.train_limit, s.eval_limit)
+    if s.task == "mlm":
+        return MaskedLMTask(s.data, s.eval, s.seed, s.train_limit, s.eval_limit)
     data = load_task(s.task, s.data, s.eval, text_column=s.text_column, pair_column=s.text_pair_column,
                      label_column=s.label_column, train_limit=s.train_limit, eval_limit=s.eval_limit,
                      seed=s.seed)
@@ -64,7 +71,7 @@ class Trunk:
         self.pad_id = tokenizer.pad_token_id or 0
         self.recipe = Recipe(batch_size=s.batch_size, lr=s.lr, epochs=s.epochs, weight_decay=s.weight_decay,
                              warmup=s.warmup, seed=s.seed, bf16=s.precision == "bf16",
-                             checkpoint_minutes=s.checkpoint_minutes)
+                             checkpoint_minutes=s.checkpoint_minutes, steps=s.steps)
         self.train = task.train_features(tokenizer, s.max_length)
         self.evals = task.eval_features(tokenizer, s.max_length)
         if s.rewind_step >= self.recipe.total_steps(len(self.train)):
@@ -80,7 +87,8 @@ class Trunk:
         rewind(self.model, self.run / ("init.safetensors" if level == 0 else self.rewind_file()), mask, self.weights)
         start = 0 if level == 0 else self.s.rewind_step
         finetune(self.model, mask, self.train, self.recipe, self.pad_id, where / "checkpoint.pt",
-                 start_step=start, desc=f"level {level} train", on_step=self._rewind_hook(level))
+                 start_step=start, desc=f"level {level} train", on_step=self._rewind_hook(level),
+                 prepare=getattr(self.task, "prepare", None))
         metrics = self.evaluate(level)
         self.save_next_mask(level, mask)
         record = {"level": level, "sparsity": masks.sparsity(mask), "metrics": metrics,

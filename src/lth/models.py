@@ -54,7 +54,8 @@ def load_model(name: str, head: str, seed: int, **head_kwargs) -> nn.Module:
     import transformers
 
     _quiet_transformers()
-    auto = {"classification": transformers.AutoModelForSequenceClassification}[head]
+    auto = {"classification": transformers.AutoModelForSequenceClassification,
+            "question-answering": transformers.AutoModelForQuestionAnswering}[head]
     torch.manual_seed(seed)  # the new head's initial weights are part of the rewind point
     try:
         model = auto.from_pretrained(resolve_model(name), attn_implementation="eager", **head_kwargs)

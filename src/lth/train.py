@@ -30,9 +30,10 @@ class Recipe:
     bf16: bool = False
     max_grad_norm: float = 1.0
     checkpoint_minutes: float = 10.0
+    steps: int | None = None  # a fixed number of steps (MLM) instead of epochs
 
     def total_steps(self, examples: int) -> int:
-        return math.ceil(self.epochs * self.steps_per_epoch(examples))
+        return self.steps or math.ceil(self.epochs * self.steps_per_epoch(examples))
 
     def steps_per_epoch(self, examples: int) -> int:
         return math.ceil(examples / self.batch_size)
@@ -60,10 +61,12 @@ def _state(model, optimizer, step: int) -> dict:
 
 def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Recipe, pad_id: int,
              checkpoint: Path, start_step: int = 0, desc: str = "train",
-             on_step: Callable[[int], None] | None = None) -> int:
+             on_step: Callable[[int], None] | None = None,
+             prepare: Callable[[dict, int], dict] | None = None) -> int:
     """Train `model` with `mask` held fixed (pruned weights stay exactly zero); returns steps taken.
 
-    Resumes from `checkpoint` when it exists, and writes it every epoch and every few minutes."""
+    Resumes from `checkpoint` when it exists, and writes it every epoch and every few minutes.
+    `prepare(batch, step)` changes a batch before the model sees it (MLM masks tokens there)."""
     params = dict(model.named_parameters())
     weights = [params[name] for name in mask]
     keep = [m.to(w.dtype) for m, w in zip(mask.values(), weights)]
@@ -85,8 +88,10 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
     while step < total:
         epoch, offset = divmod(step, per_epoch)
         for ids in training_order(lengths, recipe.batch_size, recipe.seed, epoch)[offset:]:
-            loss = _step(model, optimizer, collate([features[i] for i in ids], pad_id), weights, keep,
-                         recipe, recipe.lr_at(step, total))
+            batch = collate([features[i] for i in ids], pad_id)
+            if prepare is not None:
+                batch = prepare(batch, step)
+            loss = _step(model, optimizer, batch, weights, keep, recipe, recipe.lr_at(step, total))
             step += 1
             bar.update()
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)

@@ -11,18 +11,17 @@ from .examples import ClassificationData, Examples
 class ClassificationTask:
     """What the trunk needs from a task: a head, features to train and evaluate on, and a score."""
 
-    head = "classification"
-
     def __init__(self, data: ClassificationData):
         self.data = data
         self.name = data.name
 
-    @property
-    def head_kwargs(self) -> dict:
+    def load_model(self, name: str, seed: int):
+        from ..models import load_model
+
         if self.data.regression:
-            return {"num_labels": 1, "problem_type": "regression"}
-        return {"num_labels": len(self.data.label_names),
-                "problem_type": "single_label_classification"}
+            return load_model(name, "classification", seed, num_labels=1, problem_type="regression")
+        return load_model(name, "classification", seed, num_labels=len(self.data.label_names),
+                          problem_type="single_label_classification")
 
     @property
     def metric_names(self) -> list[str]:

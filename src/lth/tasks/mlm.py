@@ -160,3 +160,58 @@ def _classifier_has_pooler(config) -> bool:
     with torch.device("meta"):  # the skeleton only: no memory, no weight initialisation
         skeleton = AutoModelForSequenceClassification.from_config(config)
     return getattr(skeleton.base_model, "pooler", None) is not None
+
+
+class MaskedLMTask:
+    """Masked-LM for the trunk: packed blocks, BERT masking drawn afresh every step, fixed masking to evaluate."""
+
+    metric_names = ["masked_accuracy", "loss", "perplexity"]
+    primary = "masked_accuracy"
+    name = "mlm"
+
+    def __init__(self, data: str, eval: str, seed: int, train_limit: int | None = None,
+                 eval_limit: int | None = None):
+        if data is None or eval is None:
+            raise LthError("--task mlm needs --data TRAIN.txt and --eval EVAL.txt (raw text, one paragraph a line)")
+        self.train_lines, self.eval_lines = read_text(data), read_text(eval)
+        self.seed, self.limits, self.notes = seed, (train_limit, eval_limit), []
+        self.mask_id = self.vocab_size = None
+
+    def load_model(self, name: str, seed: int):
+        model, new = attach_mlm_head(name, seed)
+        if new:
+            self.notes.append("the checkpoint has no MLM head: a new one was made (seeded, decoder tied to the "
+                              "word embeddings) and is part of the rewind point")
+        return model
+
+    def sizes(self) -> dict[str, int]:
+        return {"train_lines": len(self.train_lines), "eval_lines": len(self.eval_lines)}
+
+    def train_features(self, tokenizer, max_length: int) -> list[dict]:
+        self.mask_id, self.vocab_size = tokenizer.mask_token_id, len(tokenizer)
+        return pack_blocks(self.train_lines, tokenizer, max_length)[:self.limits[0]]
+
+    def eval_features(self, tokenizer, max_length: int) -> dict[str, list[dict]]:
+        blocks = pack_blocks(self.eval_lines, tokenizer, max_length)[:self.limits[1]]
+        return {"dev": fixed_eval_masking(blocks, tokenizer.mask_token_id, len(tokenizer), seed=0)}
+
+    def prepare(self, batch: dict, step: int) -> dict:
+        """Mask afresh each step; seeded by the step so a resumed run masks exactly as before."""
+        special = batch.pop("special_tokens_mask").bool()
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"], special, self.mask_id,
+                                                          self.vocab_size, generator)
+        return batch
+
+    @staticmethod
+    def collect(batch: dict, output) -> list[tuple[int, int, float]]:
+        logits, labels = output.logits.float(), batch["labels"]
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
+                                                   reduction="none")
+        chosen = labels != IGNORE
+        correct = (logits.argmax(-1) == labels) & chosen
+        return list(zip(correct.sum(1).tolist(), chosen.sum(1).tolist(), (losses * chosen).sum(1).tolist()))
+
+    def score(self, split: str, outputs: list) -> dict[str, float]:
+        correct, total, loss = (sum(column) for column in zip(*outputs))
+        return mlm_metrics(correct, total, loss)

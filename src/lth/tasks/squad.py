@@ -239,3 +239,66 @@ def squad_scores(predictions: dict[str, str], examples: list[dict]) -> dict[str,
         for name, metric in (("f1", f1), ("exact_match", exact_match)):
             totals[name] += max(metric(predictions[example["id"]], g) for g in golds)
     return {name: 100.0 * total / len(examples) for name, total in totals.items()}
+
+
+class SquadTask:
+    """Extractive QA for the trunk: span features with overflow windows, scored by the official v1.1 F1/EM."""
+
+    metric_names = ["f1", "exact_match"]
+    primary = "f1"
+    name = "squad"
+
+    def __init__(self, data: str | None, eval: str | None, split: str, stride: int,
+                 train_limit: int | None = None, eval_limit: int | None = None):
+        self.stride, self.notes = stride, []
+        if data is None:
+            train, dev = _from_hub()
+        elif eval is None:
+            train, dev, description = split_articles(self._load(data), split, source=Path(data).name)
+            self.notes.append(description)
+        else:
+            train, dev = self._load(data), self._load(eval)
+        self.train, self.dev = train[:train_limit], dev[:eval_limit]
+        self.features: list[dict] = []
+
+    def _load(self, path: str) -> list[dict]:
+        examples, skipped = load_squad(path)
+        if skipped:
+            self.notes.append(f"{path}: skipped {skipped} answers whose answer_start does not match the context")
+        return examples
+
+    def load_model(self, name: str, seed: int):
+        from ..models import load_model
+
+        return load_model(name, "question-answering", seed)
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "dev": len(self.dev)}
+
+    def train_features(self, tokenizer, max_length: int) -> list[dict]:
+        return train_features(self.train, tokenizer, max_length, self.stride)
+
+    def eval_features(self, tokenizer, max_length: int) -> dict[str, list[dict]]:
+        self.features = eval_features(self.dev, tokenizer, max_length, self.stride)
+        return {"dev": self.features}
+
+    @staticmethod
+    def collect(batch: dict, output) -> list[tuple[np.ndarray, np.ndarray]]:
+        lengths = batch["attention_mask"].sum(1).tolist()
+        starts, ends = output.start_logits.float().numpy(), output.end_logits.float().numpy()
+        return [(s[:n], e[:n]) for s, e, n in zip(starts, ends, lengths)]
+
+    def score(self, split: str, outputs: list) -> dict[str, float]:
+        answers = postprocess(self.dev, self.features, [s for s, _ in outputs], [e for _, e in outputs])
+        return squad_scores(answers, self.dev)
+
+
+def _from_hub() -> tuple[list[dict], list[dict]]:
+    try:
+        import datasets
+
+        squad = datasets.load_dataset("rajpurkar/squad")
+    except Exception as e:  # offline, or the hub refused: say what to pass instead
+        raise LthError(f"could not download SQuAD from the Hugging Face hub ({e}); pass --data with a "
+                       "local SQuAD v1.1 JSON file") from None
+    return [dict(r) for r in squad["train"]], [dict(r) for r in squad["validation"]]

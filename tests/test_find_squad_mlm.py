@@ -1,0 +1,79 @@
+"""SQuAD and masked-LM through the same `lth find` trunk and training loop, on a tiny random BERT."""
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import lth
+from lth import masks
+from lth.models import load_model, prunable_weights
+
+from tiny import NEGATIVE, NEUTRAL, POSITIVE, make_tiny
+
+WORDS = POSITIVE + NEGATIVE + NEUTRAL
+
+
+def squad_file(path: Path, articles: int = 6, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    data = []
+    for a in range(articles):
+        context = " ".join(rng.choices(WORDS, k=30))
+        answer = context.split()[7]
+        start = len(" ".join(context.split()[:7])) + 1
+        qas = [{"id": f"{a}-{q}", "question": " ".join(rng.choices(WORDS, k=4)),
+                "answers": [{"text": answer, "answer_start": start}]} for q in range(4)]
+        data.append({"title": f"article {a}", "paragraphs": [{"context": context, "qas": qas}]})
+    path.write_text(json.dumps({"data": data, "version": "1.1"}))
+    return str(path)
+
+
+def text_file(path: Path, lines: int, seed: int) -> str:
+    rng = random.Random(seed)
+    path.write_text("\n".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 20))) for _ in range(lines)) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("m") / "bert")
+
+
+COMMON = dict(batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, max_sparsity=0.6, precision="fp32", threads=1)
+
+
+def test_squad_imp_two_levels_with_article_split(model, tmp_path):
+    summary = lth.find(model=model, task="squad", data=squad_file(tmp_path / "s.json"), split_articles="4:2",
+                       max_length=32, doc_stride=8, epochs=1, runs_dir=str(tmp_path / "runs"), **COMMON)
+    assert [round(r["sparsity"], 2) for r in summary["levels"]] == [0.0, 0.5]
+    assert summary["primary"] == "f1"
+    for r in summary["levels"]:
+        assert 0 <= r["metrics"]["f1"] <= 100 and 0 <= r["metrics"]["exact_match"] <= r["metrics"]["f1"] + 1e-9
+    notes = json.loads((Path(summary["run"]) / "settings.json").read_text())["notes"]
+    assert any("articles 1-4" in n and "articles 5-6" in n for n in notes)
+
+
+def test_mlm_imp_two_levels_resumes_and_its_mask_fits_a_classifier(model, tmp_path):
+    args = dict(model=model, task="mlm", data=text_file(tmp_path / "train.txt", 60, 1),
+                eval=text_file(tmp_path / "test.txt", 20, 2), max_length=16, steps=12,
+                runs_dir=str(tmp_path / "runs"), **COMMON)
+    summary = lth.find(**args)
+    assert len(summary["levels"]) == 2 and summary["primary"] == "masked_accuracy"
+    for r in summary["levels"]:
+        assert 0 <= r["metrics"]["masked_accuracy"] <= 1 and r["metrics"]["perplexity"] > 1
+    run = Path(summary["run"])
+    assert any("no MLM head" in n for n in json.loads((run / "settings.json").read_text())["notes"])
+    assert lth.find(**args)["levels"] == summary["levels"], "a rerun resumes, it does not retrain"
+    mask = masks.load(run / "level_01" / "mask.safetensors")
+    classifier = load_model(model, "classification", seed=0, num_labels=2)
+    weights = prunable_weights(classifier)
+    masks.check(mask, weights)  # same keys, same shapes: no renaming
+    masks.apply_(weights, mask)
+    assert masks.sparsity(mask) == pytest.approx(0.5, abs=1e-3)
+    assert all(torch.count_nonzero(weights[k][~m]) == 0 for k, m in mask.items())
+
+
+def test_mlm_needs_both_files(model, tmp_path):
+    with pytest.raises(lth.LthError, match="--task mlm needs --data"):
+        lth.find(model=model, task="mlm", data=text_file(tmp_path / "t.txt", 5, 0), runs_dir=str(tmp_path))
