@@ -49,20 +49,24 @@ def load_tokenizer(name: str):
                        "check the path or hub id (the hub needs a network)") from None
 
 
+HEADS = {"classification": "AutoModelForSequenceClassification",
+         "question-answering": "AutoModelForQuestionAnswering", "masked-LM": "AutoModelForMaskedLM"}
+
+
 def load_model(name: str, head: str, seed: int, **head_kwargs) -> nn.Module:
-    """The encoder with a `head` ('classification' ...), the new head initialised from `seed`."""
+    """The encoder with a `head` (a key of HEADS), the new head initialised from `seed`.
+
+    `head_kwargs` go to `from_pretrained` (num_labels=..., output_loading_info=True, ...)."""
     import transformers
 
     _quiet_transformers()
-    auto = {"classification": transformers.AutoModelForSequenceClassification,
-            "question-answering": transformers.AutoModelForQuestionAnswering}[head]
+    auto = getattr(transformers, HEADS[head])
     torch.manual_seed(seed)  # the new head's initial weights are part of the rewind point
     try:
-        model = auto.from_pretrained(resolve_model(name), attn_implementation="eager", **head_kwargs)
+        return auto.from_pretrained(resolve_model(name), attn_implementation="eager", **head_kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise LthError(f"--model {name}: could not load it as a {head} model ({_first_line(e)}); "
                        "check the path or hub id (the hub needs a network)") from None
-    return model
 
 
 def _first_line(e: Exception) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..metrics import score_classification
+from ..models import load_model
 from ..train import logits_rows
 from .examples import ClassificationData, Examples
 
@@ -16,8 +17,6 @@ class ClassificationTask:
         self.name = data.name
 
     def load_model(self, name: str, seed: int):
-        from ..models import load_model
-
         if self.data.regression:
             return load_model(name, "classification", seed, num_labels=1, problem_type="regression")
         return load_model(name, "classification", seed, num_labels=len(self.data.label_names),

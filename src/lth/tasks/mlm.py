@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import LthError
-from ..models import _first_line, _quiet_transformers, resolve_model
+from ..models import load_model, resolve_model
 
 IGNORE = -100  # the label cross-entropy skips: positions that were not chosen for prediction
 
@@ -104,17 +104,8 @@ def mlm_metrics(correct: int, total: int, loss_sum: float) -> dict[str, float]:
 
 def attach_mlm_head(model_name_or_path: str, seed: int) -> tuple[nn.Module, bool]:
     """The encoder with an MLM head, a missing head initialised from `seed`: (model, head_was_new)."""
-    from transformers import AutoModelForMaskedLM
-
-    _quiet_transformers()
     path = resolve_model(model_name_or_path)
-    torch.manual_seed(seed)  # the new head's initial weights are part of the rewind point
-    try:
-        model, info = AutoModelForMaskedLM.from_pretrained(path, attn_implementation="eager",
-                                                           output_loading_info=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise LthError(f"--model {model_name_or_path}: could not load it as a masked-LM model "
-                       f"({_first_line(e)}); check the path or hub id (the hub needs a network)") from None
+    model, info = load_model(model_name_or_path, "masked-LM", seed, output_loading_info=True)
     head_was_new = _head_missing(model, info["missing_keys"])
     if head_was_new:
         _tie_decoder(model)

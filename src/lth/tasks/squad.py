@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LthError
+from ..models import load_model
 
 LAYOUT = ('expected the official layout {"data": [{"title": ..., "paragraphs": [{"context": ..., '
           '"qas": [{"id": ..., "question": ..., "answers": [{"text": ..., "answer_start": ...}]}]}]}]}')
@@ -268,8 +269,6 @@ class SquadTask:
         return examples
 
     def load_model(self, name: str, seed: int):
-        from ..models import load_model
-
         return load_model(name, "question-answering", seed)
 
     def sizes(self) -> dict[str, int]:
