@@ -1,0 +1,197 @@
+"""Is it a winning ticket? The paper's two rules applied to a plain table of results over seeds.
+
+A table is plain data:
+    {"full": [run, ...], "levels": {sparsity: {"imp": [run, ...], "random-prune": [run, ...], ...}}}
+where a run is {metric name: value} for one seed. Sparsity keys may be floats or their strings (as after JSON).
+
+Rules, for a metric where higher is better:
+    "1sigma" (the paper's): the ticket's mean >= the full model's mean - its sample std;
+    "strict":               the ticket's mean >= the full model's mean.
+Metrics whose name contains "loss" or "perplexity" are lower-is-better: the ticket must stay <= the full
+mean + std (1sigma) or <= the full mean (strict). Ties win (up to float rounding, see TOLERANCE).
+
+The winning sparsity is the HIGHEST sparsity on the grid whose IMP ticket wins, as in the paper, even when
+a lower level loses (a noisy dip); it is not "the last level before the first loss". `verdict` notes such dips.
+
+verdict() returns {"primary": metric, "winning": {metric: {"1sigma": s | None, "strict": s | None}},
+"direction": {metric: "higher" | "lower"}, "gaps": {s: {baseline: imp mean - baseline mean}}, "notes": [str]}.
+"""
+from __future__ import annotations
+
+import statistics
+
+from .errors import LthError
+
+RULES = ("1sigma", "strict")
+# Two means of the same values summed in another order can differ in the last bit; that is still a tie.
+TOLERANCE = 1e-12
+SINGLE_SEED_NOTE = ("only one seed of the full model: its standard deviation is undefined, so the 1σ rule "
+                    "cannot be applied; run with --seeds 2 or more")
+
+
+def lower_is_better(metric: str) -> bool:
+    """True for losses and perplexities, False for every other metric."""
+    name = metric.lower()
+    return "loss" in name or "perplexity" in name
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, dict]:
+    """Per metric over the runs: mean, sample standard deviation (None for one run) and n."""
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        for metric, value in run.items():
+            if value is not None:
+                values.setdefault(metric, []).append(float(value))
+    # statistics.mean/stdev are exactly rounded, so equal runs in any order give equal means.
+    return {metric: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else None, "n": len(v)}
+            for metric, v in values.items()}
+
+
+def _levels(table: dict) -> list[tuple[float, dict]]:
+    return sorted(((float(s), entry) for s, entry in (table.get("levels") or {}).items()), key=lambda x: x[0])
+
+
+def _full(table: dict, metric: str) -> dict:
+    full = summarize(table.get("full") or [])
+    if not full:
+        raise LthError("the results have no run of the full model, so no ticket can be judged; "
+                       "run the full-model baseline (no pruning) first")
+    if metric not in full:
+        raise LthError(f"the full model's runs have no metric '{metric}' (they have: {', '.join(sorted(full))}); "
+                       "pick one of those")
+    return full[metric]
+
+
+def _bar(full: dict, rule: str, lower: bool) -> float | None:
+    """The value a ticket must reach (or stay under, for losses); None when the rule is undefined."""
+    if rule not in RULES:
+        raise LthError(f"unknown rule '{rule}'; use one of: {', '.join(RULES)}")
+    if rule == "strict":
+        return full["mean"]
+    if full["std"] is None:
+        return None
+    return full["mean"] + full["std"] if lower else full["mean"] - full["std"]
+
+
+def _wins(mean: float, bar: float, lower: bool) -> bool:
+    slack = TOLERANCE * max(1.0, abs(bar))
+    return mean <= bar + slack if lower else mean >= bar - slack
+
+
+def outcomes(table: dict, metric: str, rule: str) -> dict[float, bool | None]:
+    """Per sparsity with an IMP result on `metric`: does the ticket win (None: the rule is undefined)."""
+    lower = lower_is_better(metric)
+    bar = _bar(_full(table, metric), rule, lower)
+    result = {}
+    for sparsity, entry in _levels(table):
+        imp = summarize(entry.get("imp") or []).get(metric)
+        if imp is not None:
+            result[sparsity] = None if bar is None else _wins(imp["mean"], bar, lower)
+    return result
+
+
+def winning_sparsity(table: dict, metric: str, rule: str) -> float | None:
+    """The highest sparsity whose IMP ticket wins under `rule`; None if none wins or the rule is undefined.
+
+    0.0 (not None) means only the dense level on the grid wins."""
+    winners = [s for s, won in outcomes(table, metric, rule).items() if won]
+    return max(winners) if winners else None
+
+
+def gaps(table: dict, metric: str) -> dict[float, dict[str, float]]:
+    """Per sparsity and baseline: IMP's mean minus the baseline's mean on `metric` (raw, not sign-adjusted)."""
+    result = {}
+    for sparsity, entry in _levels(table):
+        imp = summarize(entry.get("imp") or []).get(metric)
+        if imp is None:
+            continue
+        row = {name: imp["mean"] - other["mean"] for name, runs in entry.items() if name != "imp"
+               for other in [summarize(runs).get(metric)] if other is not None}
+        if row:
+            result[sparsity] = row
+    return result
+
+
+def pct(sparsity: float) -> str:
+    """0.6 -> '60%', 0.488 -> '48.8%'."""
+    return f"{sparsity * 100:.4g}%"
+
+
+def _dip_note(table: dict, metric: str, rule: str, winner: float | None) -> str | None:
+    if winner is None:
+        return None
+    lost = [s for s, won in outcomes(table, metric, rule).items() if s < winner and won is False]
+    if not lost:
+        return None
+    return (f"{metric}, {rule} rule: the ticket loses at {', '.join(map(pct, lost))} but wins at {pct(winner)}; "
+            "the winning sparsity is the highest winning level on the grid (as in the paper), "
+            "not the last level before the first loss")
+
+
+def _notes(table: dict, primary: str, winning: dict) -> list[str]:
+    notes = []
+    if _full(table, primary)["n"] == 1:
+        notes.append(SINGLE_SEED_NOTE)
+    notes += [n for rule in RULES if (n := _dip_note(table, primary, rule, winning[primary][rule]))]
+    single = [s for s, entry in _levels(table) if summarize(entry.get("imp") or []).get(primary, {}).get("n") == 1]
+    if single:
+        notes.append(f"IMP has a single seed at {', '.join(map(pct, single))}: those means are one run each")
+    if lower_is_better(primary):
+        notes.append(f"lower is better for {primary}: a ticket wins at or below the bar, "
+                     "and a negative gap means IMP beats the baseline")
+    return notes
+
+
+def verdict(table: dict, metrics: list[str], primary: str) -> dict:
+    """Winning sparsities per metric and rule, IMP's gaps to each baseline on `primary`, and notes."""
+    names = list(dict.fromkeys([*metrics, primary]))
+    winning = {m: {rule: winning_sparsity(table, m, rule) for rule in RULES} for m in names}
+    return {"primary": primary, "winning": winning,
+            "direction": {m: "lower" if lower_is_better(m) else "higher" for m in names},
+            "gaps": gaps(table, primary), "notes": _notes(table, primary, winning)}
+
+
+def _cell(stats: dict | None) -> str:
+    if stats is None:
+        return "-"
+    spread = "n/a" if stats["std"] is None else f"{stats['std']:.4f}"
+    return f"{stats['mean']:.4f} ±{spread}"
+
+
+def _mark(table: dict, metric: str, sparsity: float) -> str:
+    if outcomes(table, metric, "strict").get(sparsity):
+        return "**"
+    return "*" if outcomes(table, metric, "1sigma").get(sparsity) else ""
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _baselines(table: dict) -> list[str]:
+    names = [name for _, entry in _levels(table) for name in entry if name != "imp"]
+    return list(dict.fromkeys(names))
+
+
+def format_verdict_table(table: dict, metrics: list[str], primary: str) -> str:
+    """A fixed-width text table like the paper's, on `primary`, with winning rows marked and the verdict below."""
+    full = _full(table, primary)
+    baselines = _baselines(table)
+    rows = [["sparsity", "imp", "win", *baselines]]
+    for sparsity, entry in _levels(table):
+        stats = {name: summarize(runs).get(primary) for name, runs in entry.items()}
+        rows.append([pct(sparsity), _cell(stats.get("imp")), _mark(table, primary, sparsity),
+                     *(_cell(stats.get(name)) for name in baselines)])
+    op = "≤" if lower_is_better(primary) else "≥"
+    sign = "+" if lower_is_better(primary) else "−"
+    result = verdict(table, metrics, primary)
+    lines = [f"{primary} ({result['direction'][primary]} is better); full model: {_cell(full)} over "
+             f"{full['n']} seed{'s' if full['n'] != 1 else ''}", "", *_aligned(rows), "",
+             f"*  wins within 1σ (imp mean {op} full mean {sign} std)    ** wins strictly (imp mean {op} full mean)"]
+    order = [primary, *(m for m in result["winning"] if m != primary)]
+    for rule, label in (("1sigma", "within 1σ"), ("strict", "strict")):
+        found = [f"{m} {'none' if s is None else pct(s)}" for m in order for s in [result["winning"][m][rule]]]
+        lines.append(f"winning sparsity ({label}): {', '.join(found)}")
+    lines += [f"note: {note}" for note in result["notes"]]
+    return "\n".join(lines)
