@@ -9,7 +9,7 @@ Feature = dict  # "input_ids" (list[int]), optional "token_type_ids", "labels" (
 # Per-token keys and what pads them; `None` means the tokenizer's pad id. Scalar keys are stacked and
 # anything else (offsets, example indices) is bookkeeping that stays out of the model's inputs.
 PADDING = {"input_ids": None, "token_type_ids": 0, "labels": -100, "special_tokens_mask": 1}
-SCALARS = ("labels", "start_positions", "end_positions")
+TARGETS = ("labels", "start_positions", "end_positions")  # stacked when scalar; labels may be per token
 
 
 def collate(features: list[Feature], pad_id: int) -> dict[str, torch.Tensor]:
@@ -21,7 +21,7 @@ def collate(features: list[Feature], pad_id: int) -> dict[str, torch.Tensor]:
     for key, value in features[0].items():
         if key in PADDING and isinstance(value, list):
             batch[key] = _pad([f[key] for f in features], width, pad_id if PADDING[key] is None else PADDING[key])
-        elif key in SCALARS:
+        elif key in TARGETS:
             values = [f[key] for f in features]
             batch[key] = torch.tensor(values, dtype=torch.float if isinstance(values[0], float) else torch.long)
     return batch

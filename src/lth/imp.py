@@ -166,7 +166,7 @@ def _save_atomic(model, path: Path) -> None:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(text).stem if "." in Path(text).name else Path(text).name)[:40]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(text).stem)[:40]
 
 
 def say(line: str) -> None:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import Feature, collate, evaluation_order, training_order
+from .batches import TARGETS, Feature, collate, evaluation_order, training_order
 from .masks import Mask
 from .runs import load_torch, save_torch
 
@@ -146,8 +146,9 @@ def predict(model: nn.Module, features: list[Feature], pad_id: int, batch_size: 
     with tqdm(total=len(features), desc=desc, unit="ex", dynamic_ncols=True, leave=False) as bar:
         for ids in evaluation_order(lengths, batch_size):
             batch = collate([features[i] for i in ids], pad_id)
+            inputs = {k: v for k, v in batch.items() if k not in TARGETS}  # no loss: `collect` scores
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                output = model(**batch)
+                output = model(**inputs)
             for i, kept in zip(ids, collect(batch, output)):
                 out[i] = kept
             bar.update(len(ids))
