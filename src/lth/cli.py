@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         kw = {"action": "append"} if name != "model" else {"default": "minilm"}
         prunable.add_argument("--" + name, help=f.metadata["help"], **kw)
     prunable.add_argument("--verbose", action="store_true", help="one line per weight matrix")
+    judge = sub.add_parser("verdict", help="is it a winning ticket? the table of a run's seeds and baselines",
+                           description="Reads a run directory (finished or not) and prints, for each judged "
+                           "level, the full model's and the IMP ticket's mean ± std and every baseline's, "
+                           "with the winning sparsity under the paper's 1σ rule and the strict rule.")
+    judge.add_argument("run", help="a run directory made by lth find (runs/<task>-<model>-<hash>)")
+    judge.add_argument("--metric", help="the metric of the table (default: the task's primary metric)")
     return parser
 
 
@@ -68,7 +74,28 @@ def cmd_prunable(args) -> None:
     print(f"{len(weights)} matrices, {total:,} prunable weights ({total / params:.1%} of {params:,} parameters)")
 
 
-COMMANDS = {"find": cmd_find, "prunable": cmd_prunable}
+def cmd_verdict(args) -> None:
+    from pathlib import Path
+
+    from .runs import collect_results, load_json
+    from .verdict import format_verdict_table
+
+    run = Path(args.run)
+    if not (run / "settings.json").is_file():
+        raise LthError(f"{run} is not a run directory (it has no settings.json); give a folder that lth find "
+                       "printed as 'run directory', e.g. runs/mrpc-minilm-1a2b3c4d5e")
+    info = load_json(run / "settings.json")
+    if "primary" not in info:
+        raise LthError(f"{run} was made by an older lth that did not record the task's metrics; run the same "
+                       "lth find command again (nothing finished is retrained) and then lth verdict")
+    metric = args.metric or info["primary"]
+    if metric not in info["metrics"]:
+        raise LthError(f"--metric {metric}: this task reports {', '.join(info['metrics'])}; pick one of those")
+    results = collect_results(run, info["settings"]["seed"], info.get("judged_levels"))
+    print(format_verdict_table(results, info["metrics"], metric))
+
+
+COMMANDS = {"find": cmd_find, "prunable": cmd_prunable, "verdict": cmd_verdict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from .errors import LthError
 SCHEDULES = ("original", "remaining")
 STRATEGIES = ("global", "layerwise")
 PRECISIONS = ("auto", "fp32", "bf16")
+BASELINES = ("random-prune", "random-reinit", "oneshot", "standard")
 
 
 def _opt(help: str, hashed: bool = True, **kw):
@@ -55,8 +56,14 @@ class FindSettings:
     rate: float | None = _opt("pruning rate per level (default 0.1 for original, 0.2 for remaining)", default=None)
     max_sparsity: float = _opt("highest sparsity (fraction of prunable weights removed) to reach; "
                                "raising it later continues the same run", default=0.9, hashed=False)
-    levels: int | None = _opt("stop after this many pruning levels (level 0 is the dense model)", default=None,
-                              hashed=False)
+    levels: str | None = _opt("levels to run and judge: '4', '2,4,6' or '2-6' (level 0 is the dense model); the "
+                              "search runs every level up to the highest, seeds and baselines run at the chosen "
+                              "ones (default: every level up to --max-sparsity)", default=None, hashed=False)
+    seeds: int | None = _opt("train the full model and each judged level with N seeds: --seed, --seed+1, ... "
+                             "(default: 3 with --baselines, else 1)", default=None, hashed=False)
+    baselines: str | None = _opt("comma-separated baselines trained at each judged level, N seeds each: "
+                                 "random-prune, random-reinit, oneshot, standard, or 'all'", default=None,
+                                 hashed=False)
     strategy: str = _opt("'global' magnitude over all prunable weights, or 'layerwise' (same rate per matrix)",
                          default="global", meta={"choices": STRATEGIES})
     include: list[str] = _opt("regex of parameter names to prune in addition to the rule (repeatable)",
@@ -77,6 +84,10 @@ class FindSettings:
             self.rate = 0.1 if self.schedule == "original" else 0.2
         if self.max_length is None:
             self.max_length = 384 if self.task == "squad" else 128
+        if isinstance(self.levels, int):
+            self.levels = str(self.levels)
+        if isinstance(self.baselines, (list, tuple)):
+            self.baselines = ",".join(self.baselines)
         validate(self)
         if self.precision == "auto":  # resolved before hashing: bf16 and fp32 runs give different numbers
             self.precision = "bf16" if cpu_has_native_bf16() else "fp32"
@@ -93,6 +104,19 @@ class FindSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def chosen_levels(self) -> list[int] | None:
+        """The levels given with --levels, sorted; None when every planned level is wanted."""
+        return None if self.levels is None else parse_levels(self.levels)
+
+    def baseline_names(self) -> list[str]:
+        names = [n.strip() for n in (self.baselines or "").split(",") if n.strip()]
+        return list(BASELINES) if names == ["all"] else names
+
+    def seed_list(self) -> list[int]:
+        """The seeds of the full model and of every judged level; the first is the search's own."""
+        count = self.seeds or (3 if self.baseline_names() else 1)
+        return [self.seed + i for i in range(count)]
 
 
 # `lth find` with no task: MiniLM on BBC News, offline, to 66% sparsity in minutes on 2 cores. The paper's
@@ -136,7 +160,11 @@ def validate(s: FindSettings) -> None:
     _check(s.schedule in SCHEDULES, f"--schedule {s.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     _check(s.strategy in STRATEGIES, f"--strategy {s.strategy!r}: choose one of {', '.join(STRATEGIES)}")
     _check(s.precision in PRECISIONS, f"--precision {s.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    _check(s.levels is None or s.levels >= 0, f"--levels {s.levels} must be 0 or more")
+    s.chosen_levels()  # raises on a malformed list
+    _check(s.seeds is None or s.seeds >= 1, f"--seeds {s.seeds} must be 1 or more")
+    unknown = [n for n in s.baseline_names() if n not in BASELINES]
+    _check(not unknown, f"--baselines: unknown baseline {', '.join(map(repr, unknown))}; choose from "
+           f"{', '.join(BASELINES)} or 'all', separated by commas")
     _check(s.epochs > 0, f"--epochs {s.epochs} must be positive")
     _check(s.batch_size > 0 and s.eval_batch_size > 0, "--batch-size and --eval-batch-size must be positive")
     _check(s.lr > 0, f"--lr {s.lr} must be positive")
@@ -153,3 +181,15 @@ def validate(s: FindSettings) -> None:
             re.compile(pattern)
         except re.error as e:
             raise LthError(f"--include/--exclude pattern {pattern!r} is not a valid regex: {e}") from None
+
+
+def parse_levels(text: str) -> list[int]:
+    """'4' -> [4], '2,4,6' -> [2, 4, 6], '2-4' -> [2, 3, 4]."""
+    chosen = set()
+    for part in str(text).split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match or (match[2] is not None and int(match[2]) < int(match[1])):
+            raise LthError(f"--levels {text!r}: give level numbers like '4', '2,4,6' or '2-6' (0 is the dense model)")
+        first = int(match[1])
+        chosen.update(range(first, int(match[2] or first) + 1))
+    return sorted(chosen)

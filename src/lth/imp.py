@@ -1,31 +1,40 @@
-"""The trunk: iterative magnitude pruning with rewinding, resumable level by level."""
+"""The ticket search: iterative magnitude pruning with rewinding, and the seeds and baselines that judge it.
+
+Everything is a unit of work with a folder on disk; a unit is done when its metrics.json exists."""
 from __future__ import annotations
 
 import os
 import re
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model as load_weights, save_model as save_weights
+from safetensors.torch import load_model as load_weights
+from safetensors.torch import save_model as save_weights
 from tqdm.auto import tqdm
 
 from . import masks
+from .baselines import oneshot_mask, random_mask, reinitialize_
 from .config import FindSettings, find_settings
 from .errors import LthError
 from .models import load_tokenizer, prunable_weights
 from .pruning import planned_levels, prune, sparsity_at
 from .report import level_line, table
-from .runs import atomic_path, level_dir, load_json, save_json
+from .runs import Claim, atomic_path, branch_dir, collect_results, level_dir, load_json, save_json
 from .tasks import load_task
 from .tasks.classify import ClassificationTask
 from .tasks.mlm import MaskedLMTask
 from .tasks.squad import SquadTask
 from .train import Recipe, finetune, predict
+from .verdict import format_verdict_table, verdict
 
 
 def find(settings: FindSettings | None = None, **overrides) -> dict:
-    """Run (or resume) a ticket search; returns the summary also written to the run's summary.json."""
+    """Run (or resume) a ticket search, and its seeds and baselines when asked for.
+
+    Returns the summary also written to the run's summary.json. Several processes given the same settings
+    share the work: each trains what nobody else is training (see `Search.work`)."""
     s = settings or find_settings(**overrides)
     torch.set_num_threads(s.threads or os.cpu_count() or 1)
     task = build_task(s)
@@ -36,17 +45,20 @@ def find(settings: FindSettings | None = None, **overrides) -> dict:
     weights = prunable_weights(model, s.include, s.exclude)
     for note in task.notes:
         say(f"note: {note}")
-    save_json({"settings": s.to_dict(), "sizes": task.sizes(), "notes": task.notes}, run / "settings.json")
+    search = Search(s, task, tokenizer, model, weights, run)
+    save_json({"settings": s.to_dict(), "sizes": task.sizes(), "notes": task.notes, "primary": task.primary,
+               "metrics": task.metric_names, "judged_levels": search.judged}, run / "settings.json")
     _restore_or_save(model, run / "init.safetensors")
     total = sum(w.numel() for w in weights.values())
     say(f"model {s.model}: {len(weights)} prunable matrices, {total:,} weights "
         f"of {sum(p.numel() for p in model.parameters()):,} parameters")
-    trunk = Trunk(s, task, tokenizer, model, weights, run)
-    for level, _ in enumerate(planned_levels(s.schedule, s.rate, s.max_sparsity, s.levels)):
-        trunk.run_level(level)
-    summary = trunk.summary()
+    search.work(search.units())
+    summary = search.summary()
     save_json(summary, run / "summary.json")
     print(table(summary))
+    if "verdict" in summary and (len(search.seeds) > 1 or search.baselines):
+        print()
+        print(format_verdict_table(summary["results"], task.metric_names, task.primary))
     print(f"run directory: {run}")
     return summary
 
@@ -63,8 +75,33 @@ def build_task(s: FindSettings):
     return ClassificationTask(data)
 
 
-class Trunk:
-    """One IMP run on disk: level_NN/{mask.safetensors, metrics.json, checkpoint.pt}."""
+@dataclass
+class Unit:
+    """One model to train and evaluate: a level of the search itself ("trunk"), or a seed or baseline of a level.
+
+    Done when where/metrics.json exists; ready to start when every file in `needs` exists."""
+
+    kind: str
+    level: int
+    seed: int
+    where: Path
+    needs: tuple[Path, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        return (self.where / "metrics.json").exists()
+
+    def ready(self) -> bool:
+        return all(p.exists() for p in self.needs)
+
+    def __str__(self) -> str:
+        return f"level {self.level} {self.kind} seed {self.seed}"
+
+
+class Search:
+    """One run on disk: the IMP levels (level_NN/) and their branches (branches/<kind>/seed_S/level_NN/).
+
+    Every unit goes through the same rewind -> finetune -> evaluate -> metrics.json path."""
 
     def __init__(self, s: FindSettings, task, tokenizer, model, weights, run: Path):
         self.s, self.task, self.model, self.weights, self.run = s, task, model, weights, run
@@ -77,25 +114,147 @@ class Trunk:
         if s.rewind_step >= self.recipe.total_steps(len(self.train)):
             raise LthError(f"--rewind-step {s.rewind_step} is not inside level 0's "
                            f"{self.recipe.total_steps(len(self.train))} training steps; choose a smaller step")
+        chosen = s.chosen_levels()
+        self.plan = planned_levels(s.schedule, s.rate, s.max_sparsity, max(chosen) if chosen else None)
+        beyond = [level for level in chosen or [] if level >= len(self.plan)]
+        if beyond:
+            say(f"warning: level {', '.join(map(str, beyond))} is beyond --max-sparsity {s.max_sparsity} "
+                f"(level {len(self.plan) - 1} reaches {self.plan[-1]:.1%}); raise --max-sparsity to run it")
+        self.judged = [level for level in (chosen if chosen is not None else range(len(self.plan)))
+                       if 0 < level < len(self.plan)]
+        self.seeds, self.baselines = s.seed_list(), s.baseline_names()
 
-    def run_level(self, level: int) -> None:
-        where = level_dir(self.run, level)
-        if (where / "metrics.json").exists():
-            return
-        mask = self.mask(level)
+    # -- what to train ---------------------------------------------------------------------------------
+    def units(self) -> list[Unit]:
+        """Every unit of the run, in an order where each one's inputs come from units before it.
+
+        The search's own levels come first: they are the critical path when several processes share a run."""
+        first, others = self.seeds[0], self.seeds[1:]
+        units = [Unit("trunk", level, first, level_dir(self.run, level),
+                      (level_dir(self.run, level - 1) / "metrics.json",) if level else ())
+                 for level in range(len(self.plan))]
+        units += [Unit("full", 0, seed, branch_dir(self.run, "full", seed, 0)) for seed in others]
+        standard = "standard" in self.baselines
+        if standard:
+            units += [Unit("standard", 0, seed, branch_dir(self.run, "standard", seed, 0))
+                      for seed in self.seeds
+                      if self._dense_final(seed).parent == branch_dir(self.run, "standard", seed, 0)]
+        # Kind by kind over all judged levels: an interrupted run has whole columns of the verdict table.
+        units += [Unit("imp", level, seed, branch_dir(self.run, "imp", seed, level), self._trunk_mask(level))
+                  for level in self.judged for seed in others]
+        for kind in self.baselines:
+            if kind != "standard":
+                units += [Unit(kind, level, seed, branch_dir(self.run, kind, seed, level),
+                               self._trunk_mask(level) if kind == "random-reinit" else ())
+                          for level in self.judged for seed in self.seeds]
+        if standard:  # a chain per seed: every level up to the highest judged one, judged or not
+            for level in range(1, max(self.judged, default=0) + 1):
+                units += [Unit("standard", level, seed, branch_dir(self.run, "standard", seed, level),
+                               (self._previous_final(seed, level),)) for seed in self.seeds]
+        return units
+
+    def _trunk_mask(self, level: int) -> tuple[Path]:
+        return (level_dir(self.run, level) / "mask.safetensors",)
+
+    def _dense_final(self, seed: int) -> Path:
+        """The fine-tuned dense weights that seed's standard-pruning chain starts from.
+
+        They are saved by the dense run of that seed; a dense run finished before standard pruning was
+        asked for did not keep them, and is trained again under branches/standard/seed_S/level_00."""
+        dense = level_dir(self.run, 0) if seed == self.seeds[0] else branch_dir(self.run, "full", seed, 0)
+        if (dense / "metrics.json").exists() and not (dense / "final.safetensors").exists():
+            dense = branch_dir(self.run, "standard", seed, 0)
+        return dense / "final.safetensors"
+
+    def _previous_final(self, seed: int, level: int) -> Path:
+        if level == 1:
+            return self._dense_final(seed)
+        return branch_dir(self.run, "standard", seed, level - 1) / "final.safetensors"
+
+    def work(self, units: list[Unit], poll_seconds: float = 10.0) -> None:
+        """Train every unit not done yet. A unit another process is training is left to it; when nothing
+        can start, wait for the others. A finished unit is never trained again."""
+        said = None
+        while todo := [u for u in units if not u.done]:
+            for unit in todo:
+                claim = Claim(unit.where)
+                if unit.ready() and claim.acquire():
+                    try:
+                        if not unit.done:  # finished by another process between the check and the claim
+                            say(f"{unit}: training ({len(units) - len(todo)} of {len(units)} units done)")
+                            self.run_unit(unit)
+                    finally:
+                        claim.release()
+                    break
+            else:
+                busy = [u for u in todo if Claim(u.where).held_elsewhere()]
+                if not busy:
+                    missing = [str(p) for u in todo for p in u.needs if not p.exists()]
+                    raise LthError(f"cannot start {todo[0]}: {missing[0] if missing else 'its input'} is missing "
+                                   "and nothing will produce it; delete that unit's folder and rerun")
+                if said != str(busy[0]):
+                    said = str(busy[0])
+                    say(f"waiting for another lth process ({said} and {len(busy) - 1} more)")
+                time.sleep(poll_seconds)
+
+    # -- how to train it ---------------------------------------------------------------------------------
+    def run_unit(self, unit: Unit) -> None:
         started = time.monotonic()
-        rewind(self.model, self.run / ("init.safetensors" if level == 0 else self.rewind_file()), mask, self.weights)
-        start = 0 if level == 0 else self.s.rewind_step
-        finetune(self.model, mask, self.train, self.recipe, self.pad_id, where / "checkpoint.pt",
-                 start_step=start, desc=f"level {level} train", on_step=self._rewind_hook(level),
-                 prepare=getattr(self.task, "prepare", None))
-        metrics = self.evaluate(level)
-        self.save_next_mask(level, mask)
-        record = {"level": level, "sparsity": masks.sparsity(mask), "metrics": metrics,
-                  "seconds": round(time.monotonic() - started, 1)}
+        level, where = unit.level, unit.where
+        # Tickets and the masks that compete with them start from the rewind point; the dense runs, the
+        # re-initialised weights and standard pruning's fresh schedule start at step 0.
+        rewound = unit.kind in ("trunk", "imp", "random-prune", "oneshot") and level > 0
+        load_weights(self.model, self.run / "init.safetensors")
+        if unit.kind == "standard" and level > 0:
+            load_weights(self.model, self._previous_final(unit.seed, level))
+        mask = self.unit_mask(unit)  # one-shot sees θ0 here, standard pruning the weights it trained
+        if rewound and self.s.rewind_step:
+            load_weights(self.model, self.run / self.rewind_file())
+        if unit.kind == "random-reinit":
+            reinitialize_(self.model, unit.seed)
+        masks.apply_(self.weights, mask)
+        on_step = self._rewind_hook() if unit.kind == "trunk" and level == 0 else None
+        finetune(self.model, mask, self.train, replace(self.recipe, seed=unit.seed), self.pad_id,
+                 where / "checkpoint.pt", start_step=self.s.rewind_step if rewound else 0, desc=f"{unit} train",
+                 on_step=on_step, prepare=getattr(self.task, "prepare", None))
+        metrics = self.evaluate(str(unit))
+        if unit.kind == "trunk":
+            self.save_next_mask(level, mask)
+        if self._keeps_final(unit):
+            _save_atomic(self.model, where / "final.safetensors")
+        record = {"level": level, "kind": unit.kind, "seed": unit.seed, "sparsity": masks.sparsity(mask),
+                  "metrics": metrics, "seconds": round(time.monotonic() - started, 1)}
         save_json(record, where / "metrics.json")
         (where / "checkpoint.pt").unlink(missing_ok=True)  # hundreds of MB, no longer needed
-        say(level_line(record))
+        if unit.kind == "standard" and level > 1:  # the chain has moved on: drop the weights it came from
+            self._previous_final(unit.seed, level).unlink(missing_ok=True)
+        say(level_line(record) if unit.kind == "trunk" else f"{unit.kind} seed {unit.seed}: {level_line(record)}")
+
+    def unit_mask(self, unit: Unit) -> masks.Mask:
+        """The unit's mask, computed from the weights now in the model where the baseline needs them."""
+        level, target = unit.level, sparsity_at(unit.level, self.s.schedule, self.s.rate)
+        if level == 0:
+            return self.mask(0)
+        if unit.kind in ("trunk", "imp", "random-reinit"):
+            return self.mask(level)
+        if unit.kind == "random-prune":
+            return random_mask(self.weights, target, unit.seed)
+        if unit.kind == "oneshot":  # the model holds θ0 here
+            return oneshot_mask(self.weights, target, self.s.strategy)
+        path = unit.where / "mask.safetensors"  # standard: magnitudes of the previous level's trained weights
+        if not path.exists():
+            before = self.mask(0) if level == 1 else masks.load(
+                branch_dir(self.run, "standard", unit.seed, level - 1) / "mask.safetensors")
+            masks.save(prune(self.s.strategy, self.weights, before, target), path,
+                       {"level": level, "model": self.s.model, "strategy": self.s.strategy, "kind": "standard"})
+        return masks.load(path)
+
+    def _keeps_final(self, unit: Unit) -> bool:
+        if "standard" not in self.baselines:
+            return False
+        if unit.level == 0:
+            return self._dense_final(unit.seed).parent == unit.where
+        return unit.kind == "standard" and unit.level < max(self.judged, default=0)
 
     def mask(self, level: int) -> masks.Mask:
         path = level_dir(self.run, level) / "mask.safetensors"
@@ -117,19 +276,19 @@ class Trunk:
             masks.save(new, level_dir(self.run, level + 1) / "mask.safetensors",
                        {"level": level + 1, "model": self.s.model, "strategy": self.s.strategy})
 
-    def evaluate(self, level: int) -> dict[str, float]:
+    def evaluate(self, name: str) -> dict[str, float]:
         metrics = {}
         for split, feats in self.evals.items():
             outputs = predict(self.model, feats, self.pad_id, self.s.eval_batch_size, self.recipe.bf16,
-                              self.task.collect, desc=f"level {level} eval {split}")
+                              self.task.collect, desc=f"{name} eval {split}")
             metrics.update(self.task.score(split, outputs))
         return metrics
 
     def rewind_file(self) -> str:
         return "init.safetensors" if self.s.rewind_step == 0 else f"rewind_step_{self.s.rewind_step}.safetensors"
 
-    def _rewind_hook(self, level: int):
-        if level != 0 or self.s.rewind_step == 0:
+    def _rewind_hook(self):
+        if self.s.rewind_step == 0:
             return None
         path, at = self.run / self.rewind_file(), self.s.rewind_step
 
@@ -140,10 +299,16 @@ class Trunk:
 
     def summary(self) -> dict:
         levels = [load_json(p) for p in sorted(self.run.glob("level_*/metrics.json"))]
-        return {"run": str(self.run), "task": self.task.name, "model": self.s.model,
-                "primary": self.task.primary, "metrics": self.task.metric_names,
-                "prunable_weights": sum(w.numel() for w in self.weights.values()),
-                "prunable_matrices": len(self.weights), "levels": levels}
+        summary = {"run": str(self.run), "task": self.task.name, "model": self.s.model,
+                   "primary": self.task.primary, "metrics": self.task.metric_names,
+                   "prunable_weights": sum(w.numel() for w in self.weights.values()),
+                   "prunable_matrices": len(self.weights), "levels": levels,
+                   "seeds": self.seeds, "baselines": self.baselines, "judged_levels": self.judged}
+        results = collect_results(self.run, self.seeds[0], self.judged)
+        if results["full"]:
+            summary["results"] = results
+            summary["verdict"] = verdict(results, self.task.metric_names, self.task.primary)
+        return summary
 
 
 def rewind(model, point: Path, mask: masks.Mask, weights: dict) -> None:

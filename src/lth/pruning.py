@@ -80,10 +80,10 @@ def sparsity_at(level: int, schedule: str, rate: float) -> float:
     return 1.0 - (1.0 - rate) ** level
 
 
-def planned_levels(schedule: str, rate: float, max_sparsity: float, levels: int | None) -> list[float]:
+def planned_levels(schedule: str, rate: float, max_sparsity: float, last: int | None) -> list[float]:
     """Sparsity of every level to run, level 0 first."""
     plan, level = [], 0
-    while sparsity_at(level, schedule, rate) <= max_sparsity + 1e-9 and (levels is None or level <= levels):
+    while sparsity_at(level, schedule, rate) <= max_sparsity + 1e-9 and (last is None or level <= last):
         plan.append(sparsity_at(level, schedule, rate))
         level += 1
     return plan
