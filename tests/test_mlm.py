@@ -7,8 +7,8 @@ import torch
 
 from lth.errors import LthError
 from lth.models import load_model, load_tokenizer, prunable_weights, resolve_model
-from lth.tasks.mlm import (attach_mlm_head, fixed_eval_masking, mask_tokens, mlm_metrics, pack_blocks,
-                           read_text)
+from lth.tasks.mlm import (IGNORE, MaskedLMTask, attach_mlm_head, fixed_eval_masking, mask_tokens,
+                           masked_positions_forward, mlm_metrics, pack_blocks, read_text)
 
 from tiny import make_tiny, sentiment_rows, write_tokenizer
 
@@ -179,6 +179,40 @@ def test_tiny_mlm_prunable_names_match_classification(tmp_path, arch):
             == {k: v.shape for k, v in prunable_weights(classifier).items()})
 
 
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "electra"])
+def test_head_at_masked_positions_only_equals_the_full_forward(tmp_path, arch):
+    """Same loss as the model's own, and per-block counts equal to scoring the full logits by hand."""
+    model, _ = attach_mlm_head(make_tiny(tmp_path / arch, arch), seed=0)
+    model.eval()  # no dropout: both forwards see the same network
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, model.config.vocab_size, (6, 24), generator=g)
+    attention = torch.ones_like(ids)
+    attention[3:, 18:] = 0
+    labels = torch.where(torch.rand(ids.shape, generator=g) < 0.2, ids, torch.full_like(ids, IGNORE))
+    labels[attention == 0] = IGNORE
+    labels[5] = IGNORE  # a block with nothing masked counts zero tokens
+    batch = {"input_ids": ids.masked_fill(labels != IGNORE, MASK), "attention_mask": attention, "labels": labels}
+    with torch.no_grad():
+        full = model(**batch)
+        ours = masked_positions_forward(model, batch)
+    assert ours.loss.item() == pytest.approx(full.loss.item(), rel=1e-5)
+    chosen = labels != IGNORE
+    losses = torch.nn.functional.cross_entropy(full.logits.transpose(1, 2), labels, reduction="none")
+    expected = [(int(((full.logits.argmax(-1) == labels) & chosen)[i].sum()), int(chosen[i].sum()),
+                 float((losses * chosen)[i].sum())) for i in range(6)]
+    got = MaskedLMTask.collect(batch, ours)
+    assert [g[:2] for g in got] == [e[:2] for e in expected] and got[5] == (0, 0, 0.0)
+    assert [g[2] for g in got] == pytest.approx([e[2] for e in expected], rel=1e-5)
+
+
+def test_a_batch_with_nothing_masked_has_zero_loss_and_a_gradient(tmp_path):
+    model, _ = attach_mlm_head(make_tiny(tmp_path / "bert"), seed=0)
+    ids = torch.randint(5, model.config.vocab_size, (2, 10))
+    out = masked_positions_forward(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                           "labels": torch.full_like(ids, IGNORE)})
+    assert out.loss.item() == 0.0 and out.loss.requires_grad
+
+
 def test_a_checkpoint_with_an_mlm_head_keeps_it(tmp_path):
     model, _ = attach_mlm_head(make_tiny(tmp_path / "base"), seed=0)
     model.save_pretrained(tmp_path / "mlm")
@@ -193,3 +227,17 @@ def test_unloadable_model_is_an_lth_error(tmp_path):
     (tmp_path / "broken" / "config.json").write_text('{"model_type": "no-such-architecture"}')
     with pytest.raises(LthError, match="could not load it as a masked-LM model"):
         attach_mlm_head(str(tmp_path / "broken"), seed=0)
+
+
+def test_mlm_head_benchmark_runs_on_a_tiny_model(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(repo / "benchmarks" / "mlm_head.py"), "--model",
+                          make_tiny(tmp_path / "bert"), "--batch-size", "2", "--length", "16", "--repeats", "1"],
+                         env={**os.environ, "PYTHONPATH": str(repo / "src")}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "head at masked positions" in out.stdout and "speed-up: train" in out.stdout

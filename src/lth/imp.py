@@ -216,7 +216,8 @@ class Search:
         on_step = self._rewind_hook() if unit.kind == "trunk" and level == 0 else None
         finetune(self.model, mask, self.train, replace(self.recipe, seed=unit.seed), self.pad_id,
                  where / "checkpoint.pt", start_step=self.s.rewind_step if rewound else 0, desc=f"{unit} train",
-                 on_step=on_step, prepare=getattr(self.task, "prepare", None))
+                 on_step=on_step, prepare=getattr(self.task, "prepare", None),
+                 forward=getattr(self.task, "forward", None))
         metrics = self.evaluate(str(unit))
         if unit.kind == "trunk":
             self.save_next_mask(level, mask)
@@ -280,7 +281,8 @@ class Search:
         metrics = {}
         for split, feats in self.evals.items():
             outputs = predict(self.model, feats, self.pad_id, self.s.eval_batch_size, self.recipe.bf16,
-                              self.task.collect, desc=f"{name} eval {split}")
+                              self.task.collect, desc=f"{name} eval {split}",
+                              forward=getattr(self.task, "forward", None))
             metrics.update(self.task.score(split, outputs))
         return metrics
 

@@ -59,14 +59,22 @@ def _state(model, optimizer, step: int) -> dict:
             "rng": torch.get_rng_state()}
 
 
+def model_forward(model: nn.Module, batch: dict, train: bool):
+    """The model's own forward: with its targets (and loss) to train, without them to predict."""
+    if train:
+        return model(**batch)
+    return model(**{k: v for k, v in batch.items() if k not in TARGETS})  # no loss: `collect` scores
+
+
 def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Recipe, pad_id: int,
              checkpoint: Path, start_step: int = 0, desc: str = "train",
              on_step: Callable[[int], None] | None = None,
-             prepare: Callable[[dict, int], dict] | None = None) -> int:
+             prepare: Callable[[dict, int], dict] | None = None, forward: Callable | None = None) -> int:
     """Train `model` with `mask` held fixed (pruned weights stay exactly zero); returns steps taken.
 
     Resumes from `checkpoint` when it exists, and writes it every epoch and every few minutes.
-    `prepare(batch, step)` changes a batch before the model sees it (MLM masks tokens there)."""
+    `prepare(batch, step)` changes a batch before the model sees it (MLM masks tokens there);
+    `forward(model, batch, train)` replaces the model's forward and must return an object with `.loss`."""
     params = dict(model.named_parameters())
     weights = [params[name] for name in mask]
     keep = [m.to(w.dtype) for m, w in zip(mask.values(), weights)]
@@ -91,7 +99,8 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
             batch = collate([features[i] for i in ids], pad_id)
             if prepare is not None:
                 batch = prepare(batch, step)
-            loss = _step(model, optimizer, batch, weights, keep, recipe, recipe.lr_at(step, total))
+            loss = _step(model, optimizer, batch, weights, keep, recipe, recipe.lr_at(step, total),
+                         forward or model_forward)
             step += 1
             bar.update()
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
@@ -107,9 +116,9 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
     return step - start_step
 
 
-def _step(model, optimizer, batch, weights, keep, recipe: Recipe, lr: float) -> float:
+def _step(model, optimizer, batch, weights, keep, recipe: Recipe, lr: float, forward: Callable) -> float:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
-        loss = model(**batch).loss
+        loss = forward(model, batch, True).loss
     loss.backward()
     # Masking gradients before clipping keeps the norm honest and Adam's moments at zero for pruned
     # weights; masking the weights after the step makes "exactly zero" independent of the optimizer.
@@ -136,19 +145,20 @@ def logits_rows(batch: dict, output) -> list[np.ndarray]:
 
 @torch.inference_mode()
 def predict(model: nn.Module, features: list[Feature], pad_id: int, batch_size: int, bf16: bool,
-            collect: Callable[[dict, object], list] = logits_rows, desc: str = "eval") -> list:
+            collect: Callable[[dict, object], list] = logits_rows, desc: str = "eval",
+            forward: Callable | None = None) -> list:
     """What `collect` keeps of the model's output for every feature, in the features' order.
 
-    No gradients; batches sorted by length so padding is minimal."""
+    No gradients; batches sorted by length so padding is minimal. `forward` as in `finetune`."""
+    forward = forward or model_forward
     model.eval()
     lengths = [len(f["input_ids"]) for f in features]
     out: list = [None] * len(features)
     with tqdm(total=len(features), desc=desc, unit="ex", dynamic_ncols=True, leave=False) as bar:
         for ids in evaluation_order(lengths, batch_size):
             batch = collate([features[i] for i in ids], pad_id)
-            inputs = {k: v for k, v in batch.items() if k not in TARGETS}  # no loss: `collect` scores
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                output = model(**inputs)
+                output = forward(model, batch, False)
             for i, kept in zip(ids, collect(batch, output)):
                 out[i] = kept
             bar.update(len(ids))

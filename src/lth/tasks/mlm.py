@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -153,6 +154,37 @@ def _classifier_has_pooler(config) -> bool:
     return getattr(skeleton.base_model, "pooler", None) is not None
 
 
+def masked_positions_forward(model: nn.Module, batch: dict) -> SimpleNamespace:
+    """The MLM loss with the head computed at the masked positions only.
+
+    The vocabulary projection is the largest matrix of a small encoder (30522 x 384 in MiniLM, as many
+    multiply-adds per token as two encoder layers); only ~15% of positions have a label, so the head runs
+    on those rows alone. The loss equals the model's own (mean cross-entropy over labelled positions).
+    Returns loss, logits [masked, vocab], labels [masked] and rows (the block of each masked token).
+    Models whose head is not one module beside the encoder fall back to the full forward."""
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    chosen = labels != IGNORE
+    head = _lm_head(model)
+    if head is None:
+        logits = model(**inputs).logits[chosen]
+    else:
+        hidden = getattr(model, model.base_model_prefix)(**inputs).last_hidden_state
+        logits = head(hidden[chosen])
+    targets = labels[chosen]
+    if len(targets):
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+    else:  # nothing masked in this batch: a zero that still belongs to the graph
+        loss = logits.sum() * 0.0
+    return SimpleNamespace(loss=loss, logits=logits, labels=targets, rows=chosen.nonzero()[:, 0])
+
+
+def _lm_head(model: nn.Module) -> nn.Module | None:
+    """The MLM head when it is the one module beside the encoder (BERT's `cls`, RoBERTa's `lm_head`...)."""
+    heads = [module for name, module in model.named_children() if name != model.base_model_prefix]
+    return heads[0] if len(heads) == 1 else None
+
+
 class MaskedLMTask:
     """Masked-LM for the trunk: packed blocks, BERT masking drawn afresh every step, fixed masking to evaluate."""
 
@@ -195,13 +227,18 @@ class MaskedLMTask:
         return batch
 
     @staticmethod
+    def forward(model: nn.Module, batch: dict, train: bool) -> SimpleNamespace:
+        return masked_positions_forward(model, batch)
+
+    @staticmethod
     def collect(batch: dict, output) -> list[tuple[int, int, float]]:
-        logits, labels = output.logits.float(), batch["labels"]
-        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
-                                                   reduction="none")
-        chosen = labels != IGNORE
-        correct = (logits.argmax(-1) == labels) & chosen
-        return list(zip(correct.sum(1).tolist(), chosen.sum(1).tolist(), (losses * chosen).sum(1).tolist()))
+        """Per block: masked tokens predicted right, masked tokens, summed loss."""
+        rows = len(batch["input_ids"])
+        logits, labels, block = output.logits.float(), output.labels, output.rows
+        losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        per_block = [torch.zeros(rows, dtype=torch.float64).index_add_(0, block, v.double())
+                     for v in (logits.argmax(-1) == labels, torch.ones_like(losses), losses)]
+        return list(zip(per_block[0].long().tolist(), per_block[1].long().tolist(), per_block[2].tolist()))
 
     def score(self, split: str, outputs: list) -> dict[str, float]:
         correct, total, loss = (sum(column) for column in zip(*outputs))
