@@ -75,5 +75,7 @@ def test_mlm_imp_two_levels_resumes_and_its_mask_fits_a_classifier(model, tmp_pa
 
 
 def test_mlm_needs_both_files(model, tmp_path):
-    with pytest.raises(lth.LthError, match="--task mlm needs --data"):
+    with pytest.raises(lth.LthError, match="--task mlm needs --eval"):
         lth.find(model=model, task="mlm", data=text_file(tmp_path / "t.txt", 5, 0), runs_dir=str(tmp_path))
+    with pytest.raises(lth.LthError, match="--task mlm needs --data"):
+        lth.find(model=model, task="mlm", runs_dir=str(tmp_path))

@@ -8,7 +8,8 @@ import torch
 from lth.errors import LthError
 from lth.models import load_model, load_tokenizer, prunable_weights, resolve_model
 from lth.tasks.mlm import (IGNORE, MaskedLMTask, attach_mlm_head, fixed_eval_masking, mask_tokens,
-                           masked_positions_forward, mlm_metrics, pack_blocks, read_text)
+                           masked_positions_forward, mlm_metrics, pack_blocks, read_text,
+                           text_lines)
 
 from tiny import make_tiny, sentiment_rows, write_tokenizer
 
@@ -113,6 +114,55 @@ def test_read_text_drops_blank_lines_and_rejects_bad_files(tmp_path):
         read_text(str(blank))
     with pytest.raises(LthError, match="nope.txt: no such file"):
         read_text(str(tmp_path / "nope.txt"))
+
+
+def test_text_column_of_a_data_file(tmp_path):
+    rows = tmp_path / "corpus.jsonl"
+    rows.write_text('{"body": "first paragraph", "id": 1}\n{"body": "  ", "id": 2}\n{"body": "second", "id": 3}\n')
+    assert text_lines(str(rows), "body") == ["first paragraph", "second"]
+    with pytest.raises(LthError, match=r"no column 'text' \(columns: body, id\); pass --text-column"):
+        text_lines(str(rows))
+    table = tmp_path / "corpus.csv"
+    table.write_text('text,label\n"a, quoted paragraph",1\n')
+    assert text_lines(str(table)) == ["a, quoted paragraph"]
+
+
+def test_a_hub_dataset_gives_its_split_and_column(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load(name, config=None, split=None):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_dict({"text": [f" {split} line ", "", None], "other": [1, 2, 3]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert text_lines("wikitext:wikitext-2-raw-v1", "text", "validation") == ["validation line"]
+    assert text_lines("user/corpus", "text", "train") == ["train line"]
+    assert calls == [("wikitext", "wikitext-2-raw-v1", "validation"), ("user/corpus", None, "train")]
+    with pytest.raises(LthError, match=r"'wikitext' has no column 'body' \(columns: text, other\)"):
+        text_lines("wikitext", "body")
+    task = MaskedLMTask("wikitext:wikitext-2-raw-v1", None, seed=0)
+    assert task.train_lines == ["train line"] and task.eval_lines == ["validation line"]
+    assert "validation split" in task.notes[0]
+
+
+def test_offline_hub_dataset_and_missing_eval_are_clear_errors(monkeypatch, tmp_path):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(LthError, match=r"could not load split 'train' of the dataset 'wikitext'.*ConnectionError.*"
+                                       r"give a local text file"):
+        text_lines("wikitext")
+    text = tmp_path / "train.txt"
+    text.write_text("some text\n")
+    with pytest.raises(LthError, match="needs --eval"):
+        MaskedLMTask(str(text), None, seed=0)
+    with pytest.raises(LthError, match="no such file"):
+        text_lines(str(tmp_path / "missing.txt"))
 
 
 def test_mlm_metrics_are_per_masked_token():

@@ -68,7 +68,7 @@ def build_task(s: FindSettings):
     if s.task == "squad":
         return SquadTask(s.data, s.eval, s.split_articles, s.doc_stride, s.train_limit, s.eval_limit)
     if s.task == "mlm":
-        return MaskedLMTask(s.data, s.eval, s.seed, s.train_limit, s.eval_limit)
+        return MaskedLMTask(s.data, s.eval, s.seed, s.train_limit, s.eval_limit, s.text_column)
     data = load_task(s.task, s.data, s.eval, text_column=s.text_column, pair_column=s.text_pair_column,
                      label_column=s.label_column, train_limit=s.train_limit, eval_limit=s.eval_limit,
                      seed=s.seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LthError
+from ..errors import LthError, short_reason
 from .examples import ClassificationData, Examples
 from .text import read_table
 
@@ -117,11 +117,6 @@ def _read_split(path: Path, task: GlueTask) -> Examples:
     return Examples(texts, labels, pairs)
 
 
-def _reason(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
-
-
 def _hub_examples(columns: dict, task: GlueTask) -> Examples:
     labels = list(columns["label"])
     if not task.labels:
@@ -141,7 +136,7 @@ def _from_hub(name: str, task: GlueTask, train_limit: int | None, eval_limit: in
         dataset = datasets.load_dataset("nyu-mll/glue", name)
         columns = {split: dataset[hub][:limit] for split, hub, limit in splits}
     except Exception as exc:  # network, auth, cache and format errors all mean the same to the user
-        raise LthError(f"could not download GLUE {name} from the Hugging Face hub ({_reason(exc)}); "
+        raise LthError(f"could not download GLUE {name} from the Hugging Face hub ({short_reason(exc)}); "
                        f"pass --data with a local folder in the GLUE TSV layout") from exc
     examples = {split: _hub_examples(cols, task) for split, cols in columns.items()}
     train = examples.pop("train")

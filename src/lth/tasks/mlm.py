@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,8 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import LthError
+from ..errors import LthError, short_reason
 from ..models import load_model, resolve_model
+from .text import _existing, _field, _records, is_data_file
 
 IGNORE = -100  # the label cross-entropy skips: positions that were not chosen for prediction
 
@@ -27,6 +29,43 @@ def read_text(path: str) -> list[str]:
     lines = [line for line in lines if line]
     if not lines:
         raise LthError(f"{path} is empty: MLM needs raw text, one paragraph a line")
+    return lines
+
+
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?")  # name, owner/name, and an optional :config
+
+
+def text_lines(source: str, text_column: str = "text", split: str = "train") -> list[str]:
+    """MLM text from a raw text file (one paragraph a line), the `text_column` of a .csv/.tsv/.jsonl/.json
+    file, or the `text_column` of a hub dataset given as 'name' or 'name:config' (`split` picks its split)."""
+    if is_data_file(source):
+        records = _records(_existing(source))
+        return _nonempty([_field(r, text_column, "--text-column", where) for where, r in records], source)
+    if not Path(source).expanduser().exists() and HUB_ID.fullmatch(source) and not Path(source).suffix:
+        return _nonempty(_hub_text(source, text_column, split), f"{source} ({split})")
+    return read_text(source)
+
+
+def _hub_text(spec: str, column: str, split: str) -> list[str]:
+    name, _, config = spec.partition(":")
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(name, config or None, split=split)
+    except Exception as exc:  # network, auth, unknown name or split: the user's fix is the same
+        raise LthError(f"could not load split '{split}' of the dataset '{spec}' from the Hugging Face hub "
+                       f"({short_reason(exc)}); check the name (name or name:config), or give a local text file"
+                       ) from exc
+    if column not in dataset.column_names:
+        raise LthError(f"the dataset '{spec}' has no column '{column}' (columns: {', '.join(dataset.column_names)});"
+                       " pass --text-column with the right name")
+    return [str(x) for x in dataset[column] if x is not None]
+
+
+def _nonempty(lines: list[str], source: str) -> list[str]:
+    lines = [line.strip() for line in lines if line.strip()]
+    if not lines:
+        raise LthError(f"{source} has no text: MLM needs at least one non-empty paragraph")
     return lines
 
 
@@ -192,12 +231,21 @@ class MaskedLMTask:
     primary = "masked_accuracy"
     name = "mlm"
 
-    def __init__(self, data: str, eval: str, seed: int, train_limit: int | None = None,
-                 eval_limit: int | None = None):
-        if data is None or eval is None:
-            raise LthError("--task mlm needs --data TRAIN.txt and --eval EVAL.txt (raw text, one paragraph a line)")
-        self.train_lines, self.eval_lines = read_text(data), read_text(eval)
-        self.seed, self.limits, self.notes = seed, (train_limit, eval_limit), []
+    def __init__(self, data: str, eval: str | None, seed: int, train_limit: int | None = None,
+                 eval_limit: int | None = None, text_column: str = "text"):
+        self.notes = []
+        if data is None:
+            raise LthError("--task mlm needs --data: a raw text file (one paragraph a line), a .csv/.jsonl file "
+                           "with --text-column, or a hub dataset such as wikitext:wikitext-2-raw-v1")
+        if eval is None:
+            if Path(data).expanduser().exists() or not HUB_ID.fullmatch(data) or Path(data).suffix:
+                raise LthError("--task mlm needs --eval with held-out text to measure masked-token accuracy on "
+                               "(a hub dataset uses its validation split when --eval is not given)")
+            eval = data
+            self.notes.append(f"training on the train split of {data}, evaluating on its validation split")
+        self.train_lines = text_lines(data, text_column, "train")
+        self.eval_lines = text_lines(eval, text_column, "validation")
+        self.seed, self.limits = seed, (train_limit, eval_limit)
         self.mask_id = self.vocab_size = None
 
     def load_model(self, name: str, seed: int):

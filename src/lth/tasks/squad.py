@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import LthError
+from ..errors import LthError, short_reason
 from ..models import load_model
 
 LAYOUT = ('expected the official layout {"data": [{"title": ..., "paragraphs": [{"context": ..., '
@@ -298,6 +298,6 @@ def _from_hub() -> tuple[list[dict], list[dict]]:
 
         squad = datasets.load_dataset("rajpurkar/squad")
     except Exception as e:  # offline, or the hub refused: say what to pass instead
-        raise LthError(f"could not download SQuAD from the Hugging Face hub ({e}); pass --data with a "
+        raise LthError(f"could not download SQuAD from the Hugging Face hub ({short_reason(e)}); pass --data with a "
                        "local SQuAD v1.1 JSON file") from None
     return [dict(r) for r in squad["train"]], [dict(r) for r in squad["validation"]]
