@@ -1,0 +1,31 @@
+"""Benchmarks are not tests; these only check that the scripts run end to end on a tiny model."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tiny import make_tiny, sentiment_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_finetune_speed_runs_all_three_pipelines(tmp_path):
+    folder = tmp_path / "SST-2"
+    folder.mkdir()
+    for split, n, seed in (("train", 48, 1), ("dev", 16, 2)):
+        rows = "".join(f"{text}\t{label}\n" for text, label in sentiment_rows(n, seed))
+        (folder / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+    out = run_script("finetune_speed.py", "--model", make_tiny(tmp_path / "bert"), "--data", str(folder),
+                     "--train-limit", "32", "--batch-size", "8", "--max-length", "32", "--threads", "1")
+    table = out.split("pipeline", 1)[1]
+    for name in ("lth", "trainer", "pad128"):
+        assert f"\n{name} " in table
+    assert "32 training sentences, 1 epoch = 4 steps of 8" in out
+    assert out.count(", 4 steps") == 3, "every pipeline takes the same number of optimizer steps"
