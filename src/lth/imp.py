@@ -188,6 +188,8 @@ class Search:
                     break
             else:
                 busy = [u for u in todo if Claim(u.where).held_elsewhere()]
+                if not busy and any(u.ready() and not u.done for u in todo):
+                    continue  # another process finished what these waited for since we looked: look again
                 if not busy:
                     missing = [str(p) for u in todo for p in u.needs if not p.exists()]
                     raise LthError(f"cannot start {todo[0]}: {missing[0] if missing else 'its input'} is missing "
