@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from safetensors.torch import load_model as load_weights
 from safetensors.torch import save_model as save_weights
 from tqdm.auto import tqdm
@@ -203,22 +204,15 @@ class Search:
     def run_unit(self, unit: Unit) -> None:
         started = time.monotonic()
         level, where = unit.level, unit.where
-        # Tickets and the masks that compete with them start from the rewind point; the dense runs, the
-        # re-initialised weights and standard pruning's fresh schedule start at step 0.
-        rewound = unit.kind in ("trunk", "imp", "random-prune", "oneshot") and level > 0
-        load_weights(self.model, self.run / "init.safetensors")
-        if unit.kind == "standard" and level > 0:
-            load_weights(self.model, self._previous_final(unit.seed, level))
-        mask = self.unit_mask(unit)  # one-shot sees θ0 here, standard pruning the weights it trained
-        if rewound and self.s.rewind_step:
-            load_weights(self.model, self.run / self.rewind_file())
+        mask = self.unit_mask(unit)
+        rewind(self.model, self._start_point(unit), mask, self.weights)
         if unit.kind == "random-reinit":
             reinitialize_(self.model, unit.seed)
-        masks.apply_(self.weights, mask)
+            masks.apply_(self.weights, mask)
         on_step = self._rewind_hook() if unit.kind == "trunk" and level == 0 else None
         finetune(self.model, mask, self.train, replace(self.recipe, seed=unit.seed), self.pad_id,
-                 where / "checkpoint.pt", start_step=self.s.rewind_step if rewound else 0, desc=f"{unit} train",
-                 on_step=on_step, prepare=getattr(self.task, "prepare", None),
+                 where / "checkpoint.pt", start_step=self.s.rewind_step if self._rewound(unit) else 0,
+                 desc=f"{unit} train", on_step=on_step, prepare=getattr(self.task, "prepare", None),
                  forward=getattr(self.task, "forward", None))
         metrics = self.evaluate(str(unit))
         if unit.kind == "trunk":
@@ -233,8 +227,19 @@ class Search:
             self._previous_final(unit.seed, level).unlink(missing_ok=True)
         say(level_line(record) if unit.kind == "trunk" else f"{unit.kind} seed {unit.seed}: {level_line(record)}")
 
+    @staticmethod
+    def _rewound(unit: Unit) -> bool:
+        """Tickets and the masks that compete with them start from the rewind point; the dense runs, the
+        re-initialised weights and standard pruning's fresh schedule start at step 0."""
+        return unit.kind in ("trunk", "imp", "random-prune", "oneshot") and unit.level > 0
+
+    def _start_point(self, unit: Unit) -> Path:
+        if unit.kind == "standard" and unit.level > 0:
+            return self._previous_final(unit.seed, unit.level)
+        return self.run / (self.rewind_file() if self._rewound(unit) else "init.safetensors")
+
     def unit_mask(self, unit: Unit) -> masks.Mask:
-        """The unit's mask, computed from the weights now in the model where the baseline needs them."""
+        """The mask a unit trains: the search's own, a random one, or magnitudes of the weights it ranks."""
         level, target = unit.level, sparsity_at(unit.level, self.s.schedule, self.s.rate)
         if level == 0:
             return self.mask(0)
@@ -242,15 +247,21 @@ class Search:
             return self.mask(level)
         if unit.kind == "random-prune":
             return random_mask(self.weights, target, unit.seed)
-        if unit.kind == "oneshot":  # the model holds θ0 here
-            return oneshot_mask(self.weights, target, self.s.strategy)
+        if unit.kind == "oneshot":
+            return oneshot_mask(self._stored(self.run / "init.safetensors"), target, self.s.strategy)
         path = unit.where / "mask.safetensors"  # standard: magnitudes of the previous level's trained weights
         if not path.exists():
             before = self.mask(0) if level == 1 else masks.load(
                 branch_dir(self.run, "standard", unit.seed, level - 1) / "mask.safetensors")
-            masks.save(prune(self.s.strategy, self.weights, before, target), path,
+            trained = self._stored(self._previous_final(unit.seed, level))
+            masks.save(prune(self.s.strategy, trained, before, target), path,
                        {"level": level, "model": self.s.model, "strategy": self.s.strategy, "kind": "standard"})
         return masks.load(path)
+
+    def _stored(self, path: Path) -> dict[str, torch.Tensor]:
+        """The prunable weights as saved in a weights file."""
+        saved = load_file(path)
+        return {name: saved[name] for name in self.weights}
 
     def _keeps_final(self, unit: Unit) -> bool:
         if "standard" not in self.baselines:

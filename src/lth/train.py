@@ -79,6 +79,7 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
     weights = [params[name] for name in mask]
     keep = [m.to(w.dtype) for m, w in zip(mask.values(), weights)]
     optimizer = _optimizer(model, recipe)
+    forward = forward or model_forward
     total, per_epoch = recipe.total_steps(len(features)), recipe.steps_per_epoch(len(features))
     step = start_step
     torch.manual_seed(recipe.seed)  # dropout
@@ -99,8 +100,7 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
             batch = collate([features[i] for i in ids], pad_id)
             if prepare is not None:
                 batch = prepare(batch, step)
-            loss = _step(model, optimizer, batch, weights, keep, recipe, recipe.lr_at(step, total),
-                         forward or model_forward)
+            loss = _step(model, optimizer, batch, weights, keep, recipe, recipe.lr_at(step, total), forward)
             step += 1
             bar.update()
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)

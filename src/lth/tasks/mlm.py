@@ -23,13 +23,9 @@ def read_text(path: str) -> list[str]:
     if not file.is_file():
         raise LthError(f"{path}: no such file; MLM needs a raw text file, one paragraph a line")
     try:
-        lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+        return _nonempty(file.read_text(encoding="utf-8").splitlines(), path)
     except UnicodeDecodeError as e:
         raise LthError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
-    lines = [line for line in lines if line]
-    if not lines:
-        raise LthError(f"{path} is empty: MLM needs raw text, one paragraph a line")
-    return lines
 
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?")  # name, owner/name, and an optional :config
@@ -41,9 +37,14 @@ def text_lines(source: str, text_column: str = "text", split: str = "train") -> 
     if is_data_file(source):
         records = _records(_existing(source))
         return _nonempty([_field(r, text_column, "--text-column", where) for where, r in records], source)
-    if not Path(source).expanduser().exists() and HUB_ID.fullmatch(source) and not Path(source).suffix:
+    if is_hub_dataset(source):
         return _nonempty(_hub_text(source, text_column, split), f"{source} ({split})")
     return read_text(source)
+
+
+def is_hub_dataset(source: str) -> bool:
+    """'wikitext', 'user/corpus' or 'wikitext:wikitext-2-raw-v1' that is not a local path."""
+    return not Path(source).expanduser().exists() and bool(HUB_ID.fullmatch(source)) and not Path(source).suffix
 
 
 def _hub_text(spec: str, column: str, split: str) -> list[str]:
@@ -65,7 +66,7 @@ def _hub_text(spec: str, column: str, split: str) -> list[str]:
 def _nonempty(lines: list[str], source: str) -> list[str]:
     lines = [line.strip() for line in lines if line.strip()]
     if not lines:
-        raise LthError(f"{source} has no text: MLM needs at least one non-empty paragraph")
+        raise LthError(f"{source} is empty: MLM needs raw text, one paragraph a line")
     return lines
 
 
@@ -238,7 +239,7 @@ class MaskedLMTask:
             raise LthError("--task mlm needs --data: a raw text file (one paragraph a line), a .csv/.jsonl file "
                            "with --text-column, or a hub dataset such as wikitext:wikitext-2-raw-v1")
         if eval is None:
-            if Path(data).expanduser().exists() or not HUB_ID.fullmatch(data) or Path(data).suffix:
+            if not is_hub_dataset(data):
                 raise LthError("--task mlm needs --eval with held-out text to measure masked-token accuracy on "
                                "(a hub dataset uses its validation split when --eval is not given)")
             eval = data
