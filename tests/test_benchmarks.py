@@ -29,3 +29,20 @@ def test_finetune_speed_runs_all_three_pipelines(tmp_path):
         assert f"\n{name} " in table
     assert "32 training sentences, 1 epoch = 4 steps of 8" in out
     assert out.count(", 4 steps") == 3, "every pipeline takes the same number of optimizer steps"
+
+
+def test_mask_overhead_times_every_configuration(tmp_path):
+    out = run_script("mask_overhead.py", "--model", make_tiny(tmp_path / "bert"), "--rounds", "2", "--batch-size", "4",
+                     "--length", "8", "--threads", "1", "--sparsity", "0.5")
+    rows = {line.split("  ")[0]: line.split() for line in out.splitlines()}
+    assert rows["dense, no mask"][-1] == "-" and rows["dense, no mask"][-2] == "+0.0%"
+    assert rows["50% sparse ticket"][3] == "50.0%", "the ticket has the requested sparsity"
+    assert float(rows["dense, all-ones mask"][-1]) >= 0, "the mask operations are timed"
+
+
+def test_pruning_step_reports_every_size(tmp_path):
+    out = run_script("pruning_step.py", "--model", make_tiny(tmp_path / "bert"), "--layers", "1", "--repeats", "1",
+                     "--threads", "1")
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[-1].isdigit()]
+    assert [r[1] for r in rows[1:]] == ["BERT-base"] and rows[1][3] == "7,077,888", "one BERT-base layer's weights"
+    assert len(rows) == 2 and all(float(r[-3]) > 0 and int(r[-1]) >= 0 for r in rows)

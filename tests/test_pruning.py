@@ -5,7 +5,7 @@ from torch.nn.utils import prune as torch_prune
 
 from lth import masks
 from lth.errors import LthError
-from lth.pruning import planned_levels, prune, select, smallest, sparsity_at
+from lth.pruning import Magnitudes, planned_levels, prune, select, sparsity_at
 
 
 def random_weights(seed=0):
@@ -63,10 +63,36 @@ def test_layerwise_prunes_each_matrix_to_the_target():
 
 
 def test_ties_still_remove_exactly_k():
-    values = torch.tensor([1.0, 2.0, 2.0, 2.0, 3.0])
-    chosen = smallest(values, 3)
-    assert chosen.tolist() == [True, True, True, False, False]
-    assert smallest(values, 0).sum() == 0 and smallest(values, 5).all()
+    values = {"v": torch.tensor([1.0, 2.0, 2.0, 2.0, 3.0])}
+    assert select(values, masks.ones(values), 0.6)["v"].tolist() == [False, False, False, True, True]
+    assert select(values, masks.ones(values), 0.0)["v"].all()
+
+
+def reference_select(scores, mask, target):
+    """Pruning by a full stable sort of the pooled alive scores: ties go in mask order, row-major."""
+    names = list(mask)
+    alive = torch.cat([scores[n][mask[n]] for n in names])
+    kept, total = masks.count(mask)
+    k = round(target * total) - (total - kept)
+    drop = torch.zeros_like(alive, dtype=torch.bool)
+    drop[torch.sort(alive, stable=True).indices[:k]] = True
+    out = {}
+    for n, d in zip(names, drop.split([int(mask[n].sum()) for n in names])):
+        out[n] = mask[n].clone()
+        out[n][mask[n]] = ~d
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_selection_equals_a_full_sort_with_many_ties(seed):
+    g = torch.Generator().manual_seed(seed)
+    # few distinct values: most of the pruned weights tie with the threshold
+    w = {n: torch.randint(-3, 4, t.shape, generator=g).float() for n, t in random_weights(seed).items()}
+    mask = masks.ones(w)
+    for target in (0.2, 0.45, 0.7, 0.9):
+        expected = reference_select(Magnitudes(w), mask, target)
+        mask = prune("global", w, mask, target)
+        assert all(torch.equal(mask[n], expected[n]) for n in w), f"target {target}"
 
 
 def test_all_equal_weights_exact_count():

@@ -1,39 +1,44 @@
 """Pruning strategies: pure functions (weights, current mask, target sparsity) -> new mask."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from .errors import LthError
 from .masks import Mask, count
 
 
-def smallest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean over a 1-D tensor marking exactly its k smallest entries (ties broken by position).
+def _remove(scores: Mapping[str, torch.Tensor], mask: Mask, k: int) -> Mask:
+    """Remove the k alive weights of lowest score, pooled over every tensor in `scores` (ties: the first
+    in mask order, row-major within a tensor).
 
-    A k-th value selection, not a sort: pruning BERT-base touches 85M weights."""
-    chosen = torch.zeros_like(values, dtype=torch.bool)
-    if k <= 0:
-        return chosen
-    if k >= values.numel():
-        return ~chosen
-    threshold = values.kthvalue(k).values
-    chosen = values < threshold
-    missing = k - int(chosen.sum())
-    ties = (values == threshold).nonzero().squeeze(1)
-    chosen[ties[:missing]] = True
-    return chosen
-
-
-def _remove(scores: dict[str, torch.Tensor], mask: Mask, k: int) -> Mask:
-    """Remove the k alive weights of lowest score, pooled over every tensor in `scores`."""
-    alive = [scores[name][m] for name, m in mask.items()]
-    drop = smallest(torch.cat(alive), k).split([a.numel() for a in alive])
+    Memory: one float32 copy of the alive scores, partitioned in place for the k-th value (no sort, no
+    index tensor); `scores` may compute each tensor's scores when asked (see `Magnitudes`)."""
+    sizes = [int(torch.count_nonzero(m)) for m in mask.values()]
+    if k <= 0 or k >= sum(sizes):
+        return {name: m.clone() if k <= 0 else torch.zeros_like(m) for name, m in mask.items()}
+    threshold, missing = _kth_smallest(scores, mask, sizes, k)
     new = {}
-    for (name, m), d in zip(mask.items(), drop):
-        kept = m.clone()
-        kept[m] = ~d
-        new[name] = kept
+    for name, m in mask.items():
+        score = scores[name]
+        drop = m & (score < threshold)
+        if missing > 0:
+            ties = (m & (score == threshold)).flatten().nonzero().squeeze(1)[:missing]
+            drop.view(-1)[ties] = True
+            missing -= ties.numel()
+        new[name] = m & ~drop
     return new
+
+
+def _kth_smallest(scores: Mapping[str, torch.Tensor], mask: Mask, sizes: list[int], k: int) -> tuple[float, int]:
+    """The k-th smallest alive score, and how many alive scores equal to it are among the k smallest."""
+    alive = torch.empty(sum(sizes), dtype=torch.float32)
+    for (name, m), part in zip(mask.items(), alive.split(sizes)):
+        part.copy_(scores[name][m])
+    alive.numpy().partition(k - 1)  # introselect, in place: alive[k - 1] is the k-th smallest
+    threshold = float(alive[k - 1])
+    return threshold, k - int(torch.count_nonzero(alive < threshold))
 
 
 def _to_remove(mask: Mask, target: float) -> int:
@@ -41,7 +46,7 @@ def _to_remove(mask: Mask, target: float) -> int:
     return round(target * total) - (total - kept)
 
 
-def select(scores: dict[str, torch.Tensor], mask: Mask, target: float, layerwise: bool = False) -> Mask:
+def select(scores: Mapping[str, torch.Tensor], mask: Mask, target: float, layerwise: bool = False) -> Mask:
     """Prune the lowest-scoring alive weights until `target` of them are gone, globally or per matrix."""
     if not 0 <= target < 1:
         raise LthError(f"target sparsity {target} is outside [0, 1)")
@@ -51,9 +56,21 @@ def select(scores: dict[str, torch.Tensor], mask: Mask, target: float, layerwise
             for name, m in mask.items()}
 
 
-@torch.no_grad()
-def magnitudes(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: w.detach().abs().float() for name, w in weights.items()}
+class Magnitudes(Mapping):
+    """|w| as float32, computed per tensor when asked: pruning never holds a copy of every weight."""
+
+    def __init__(self, weights: dict[str, torch.Tensor]):
+        self.weights = weights
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        with torch.no_grad():
+            return self.weights[name].detach().abs().float()
+
+    def __iter__(self):
+        return iter(self.weights)
+
+    def __len__(self) -> int:
+        return len(self.weights)
 
 
 def random_scores(weights: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -63,8 +80,8 @@ def random_scores(weights: dict[str, torch.Tensor], seed: int) -> dict[str, torc
 
 
 PRUNERS = {
-    "global": lambda weights, mask, target: select(magnitudes(weights), mask, target),
-    "layerwise": lambda weights, mask, target: select(magnitudes(weights), mask, target, layerwise=True),
+    "global": lambda weights, mask, target: select(Magnitudes(weights), mask, target),
+    "layerwise": lambda weights, mask, target: select(Magnitudes(weights), mask, target, layerwise=True),
 }
 
 

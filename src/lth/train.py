@@ -135,7 +135,8 @@ def _step(model, optimizer, batch, weights, keep, recipe: Recipe, lr: float, for
 
 @torch.no_grad()
 def _multiply_(tensors: list[torch.Tensor], factors: list[torch.Tensor]) -> None:
-    torch._foreach_mul_(tensors, factors)
+    if tensors:  # an empty mask: nothing to keep at zero
+        torch._foreach_mul_(tensors, factors)
 
 
 def logits_rows(batch: dict, output) -> list[np.ndarray]:
