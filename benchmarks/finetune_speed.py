@@ -27,10 +27,13 @@ from lth.tasks.classify import ClassificationTask
 from lth.tasks.glue import load_glue
 from lth.train import Recipe, finetune, predict
 
-PIPELINES = ("lth", "trainer", "pad128")
-DESCRIPTIONS = {"lth": "dynamic padding, length-grouped batches, fused AdamW, bf16 where native",
-                "trainer": "HF Trainer: DataCollatorWithPadding, group_by_length, bf16 where native",
-                "pad128": "BERT-Tickets recipe: padded to 128, fp32, HF Trainer (run_glue style)"}
+PIPELINES = ("lth", "trainer", "pad128", "trainer-eager")
+DEFAULT_PIPELINES = "lth,trainer,pad128"
+DESCRIPTIONS = {"lth": "dynamic padding, length-grouped batches, fused AdamW, bf16 where native, eager attention",
+                "trainer": "HF Trainer: DataCollatorWithPadding, group_by_length, bf16 where native, "
+                           "HF's default attention (sdpa)",
+                "pad128": "BERT-Tickets recipe: padded to 128, fp32, HF Trainer (run_glue style), sdpa",
+                "trainer-eager": "the 'trainer' pipeline with lth's attention choice (eager)"}
 
 
 def accuracy(logits: np.ndarray, labels: list[int]) -> float:
@@ -74,10 +77,11 @@ def _length_grouping(on: bool) -> dict:
     return {"group_by_length": on}
 
 
-def run_trainer(task, tokenizer, args, bf16: bool, pad128: bool) -> dict:
+def run_trainer(task, tokenizer, args, bf16: bool, pad128: bool, attention: str = "sdpa") -> dict:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator
 
-    model = task.load_model(args.model, args.seed)
+    model = task.load_model(args.model, args.seed)  # lth loads with eager attention; a Trainer user gets sdpa
+    model.set_attn_implementation(attention)
     train, dev = (_hf_dataset(task, tokenizer, split, pad128, args.max_length) for split in ("train", "dev"))
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--pipelines", default=",".join(PIPELINES))
+    parser.add_argument("--pipelines", default=DEFAULT_PIPELINES, help=f"any of {', '.join(PIPELINES)}")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     bf16 = cpu_has_native_bf16()
@@ -119,8 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(args.model)
     runners = {"lth": lambda: run_lth(task, tokenizer, args, bf16),
                "trainer": lambda: run_trainer(task, tokenizer, args, bf16, pad128=False),
-               "pad128": lambda: run_trainer(task, tokenizer, args, bf16, pad128=True)}
+               "pad128": lambda: run_trainer(task, tokenizer, args, bf16, pad128=True),
+               "trainer-eager": lambda: run_trainer(task, tokenizer, args, bf16, pad128=False, attention="eager")}
     chosen = [p.strip() for p in args.pipelines.split(",")]
+    unknown = [p for p in chosen if p not in runners]
+    if unknown:
+        parser.error(f"unknown pipeline {', '.join(unknown)}: choose from {', '.join(PIPELINES)}")
     results: dict[str, list[dict]] = {p: [] for p in chosen}
     for repeat in range(args.repeats):
         for name in chosen:
@@ -132,8 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nSST-2, {args.model}, {train_n} training sentences, 1 epoch = {math.ceil(train_n / args.batch_size)} "
           f"steps of {args.batch_size}, dev {dev_n}; {args.threads} threads, native bf16: {bf16}; "
           f"median of {args.repeats}")
-    header = f"{'pipeline':9}{'train s':>9}{'train ex/s':>12}{'eval s':>8}{'eval ex/s':>11}{'dev acc':>9}" \
-             f"{'lth faster':>12}"
+    header = f"{'pipeline':14}{'train s':>9}{'train ex/s':>12}{'eval s':>8}{'eval ex/s':>11}{'dev acc':>9}" \
+             f"{'eval/train ex/s':>17}{'lth faster':>12}"
     print(header)
     base = statistics.median(r["train_s"] + r["eval_s"] for r in results.get("lth", [])) if "lth" in results \
         else None
@@ -142,8 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         eval_s = statistics.median(r["eval_s"] for r in results[name])
         acc = statistics.median(r["accuracy"] for r in results[name])
         ratio = f"{(train_s + eval_s) / base:.2f}x" if base else "-"
-        print(f"{name:9}{train_s:9.1f}{train_n / train_s:12.1f}{eval_s:8.1f}{dev_n / eval_s:11.1f}{acc:9.4f}"
-              f"{ratio:>12}")
+        speed_up = (dev_n / eval_s) / (train_n / train_s)
+        print(f"{name:14}{train_s:9.1f}{train_n / train_s:12.1f}{eval_s:8.1f}{dev_n / eval_s:11.1f}{acc:9.4f}"
+              f"{speed_up:16.1f}x{ratio:>12}")
     for name in chosen:
         print(f"  {name}: {DESCRIPTIONS[name]}")
     print("lth faster = (train + eval time of the pipeline) / (train + eval time of lth)")
