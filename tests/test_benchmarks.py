@@ -30,6 +30,7 @@ def test_finetune_speed_runs_all_three_pipelines(tmp_path):
         assert f"\n{name} " in table
     assert "32 training sentences, 1 epoch = 4 steps of 8" in out
     assert out.count(", 4 steps") == 4, "every pipeline takes the same number of optimizer steps"
+    assert "lth evaluating the 32 training sentences" in out
 
 
 def test_mask_overhead_times_every_configuration(tmp_path):

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from lth import masks
@@ -26,9 +27,13 @@ def setup(tmp_path, seed=0):
     return model, prunable_weights(model), feats
 
 
-def test_pruned_weights_stay_zero_and_adam_state_too(tmp_path):
+@pytest.mark.parametrize("which", ["global", "one matrix"])
+def test_pruned_weights_stay_zero_and_adam_state_too(tmp_path, which):
     model, weights, feats = setup(tmp_path)
     mask = prune("global", weights, masks.ones(weights), 0.6)
+    if which == "one matrix":  # the other matrices are all ones: finetune skips their multiplies
+        first = next(iter(mask))
+        mask = {**masks.ones(weights), first: mask[first]}
     masks.apply_(weights, mask)
     recipe = Recipe(batch_size=8, lr=1e-2, epochs=2, weight_decay=0.1, seed=3)
     seen = {}

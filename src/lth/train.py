@@ -76,8 +76,9 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
     `prepare(batch, step)` changes a batch before the model sees it (MLM masks tokens there);
     `forward(model, batch, train)` replaces the model's forward and must return an object with `.loss`."""
     params = dict(model.named_parameters())
-    weights = [params[name] for name in mask]
-    keep = [m.to(w.dtype) for m, w in zip(mask.values(), weights)]
+    pruned = [name for name, m in mask.items() if not m.all()]  # all-ones matrices need no multiply
+    weights = [params[name] for name in pruned]
+    keep = [mask[name].to(w.dtype) for name, w in zip(pruned, weights)]
     optimizer = _optimizer(model, recipe)
     forward = forward or model_forward
     total, per_epoch = recipe.total_steps(len(features)), recipe.steps_per_epoch(len(features))
