@@ -1,10 +1,13 @@
 """One fine-tuning round on SST-2, three ways, on the same data, steps and machine: lth's loop, a
 well-configured Hugging Face Trainer, and the original BERT-Tickets recipe (every sequence padded to 128,
-fp32, run_glue-style Trainer). Prints wall time, examples/s, dev accuracy and the ratios.
+fp32, run_glue-style Trainer); optionally a fourth, the Trainer with lth's attention choice (eager).
+Prints wall time, examples/s, dev accuracy and the ratios.
 
     python benchmarks/finetune_speed.py --data ../shared/data/glue [--train-limit 8000] [--repeats 1]
+                                        [--pipelines lth,trainer,pad128,trainer-eager]
 
-Pipelines run interleaved (repeat 1 of each, then repeat 2 ...) so that all see the same machine load.
+Pipelines run interleaved (repeat 1 of each, then repeat 2 ...) so that all see the same machine load, and
+each repeat starts with the next pipeline: the first one in a process pays for warming caches and kernels.
 Tokenisation is done once per pipeline and is not timed; training and evaluation are timed separately.
 """
 from __future__ import annotations
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown pipeline {', '.join(unknown)}: choose from {', '.join(PIPELINES)}")
     results: dict[str, list[dict]] = {p: [] for p in chosen}
     for repeat in range(args.repeats):
-        for name in chosen:
+        for name in chosen[repeat % len(chosen):] + chosen[:repeat % len(chosen)]:  # nobody always goes first
             results[name].append(runners[name]())
             r = results[name][-1]
             print(f"repeat {repeat + 1} {name}: train {r['train_s']:.1f} s, eval {r['eval_s']:.1f} s, "

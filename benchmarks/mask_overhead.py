@@ -22,7 +22,7 @@ from lth import masks
 from lth.config import cpu_has_native_bf16
 from lth.models import load_model, prunable_weights
 from lth.pruning import prune
-from lth.train import Recipe, _multiply_, _optimizer, _step, model_forward
+from lth.train import Recipe, _multiply_, _optimizer, _step, mask_factors, model_forward
 
 
 def setup(name: str, sparsity: float | None, recipe: Recipe) -> dict:
@@ -32,8 +32,7 @@ def setup(name: str, sparsity: float | None, recipe: Recipe) -> dict:
     mask = {} if sparsity is None else prune("global", params, masks.ones(params), sparsity)
     with torch.no_grad():
         masks.apply_(params, mask)
-    weights = [params[n] for n in mask]
-    keep = [m.to(w.dtype) for m, w in zip(mask.values(), weights)]
+    weights, keep = mask_factors(model, mask)  # as finetune: all-ones matrices are skipped
     model.train()
     return {"model": model, "optimizer": _optimizer(model, recipe), "weights": weights, "keep": keep,
             "sparsity": masks.sparsity(mask) if mask else 0.0}

@@ -66,6 +66,16 @@ def model_forward(model: nn.Module, batch: dict, train: bool):
     return model(**{k: v for k, v in batch.items() if k not in TARGETS})  # no loss: `collect` scores
 
 
+def mask_factors(model: nn.Module, mask: Mask) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The weights a step must multiply by their mask, and the masks as factors of their dtype.
+
+    All-ones matrices (level 0, the full model) are left out: multiplying by one costs time, not zeros."""
+    params = dict(model.named_parameters())
+    pruned = [name for name, m in mask.items() if not m.all()]
+    weights = [params[name] for name in pruned]
+    return weights, [mask[name].to(w.dtype) for name, w in zip(pruned, weights)]
+
+
 def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Recipe, pad_id: int,
              checkpoint: Path, start_step: int = 0, desc: str = "train",
              on_step: Callable[[int], None] | None = None,
@@ -75,10 +85,7 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
     Resumes from `checkpoint` when it exists, and writes it every epoch and every few minutes.
     `prepare(batch, step)` changes a batch before the model sees it (MLM masks tokens there);
     `forward(model, batch, train)` replaces the model's forward and must return an object with `.loss`."""
-    params = dict(model.named_parameters())
-    pruned = [name for name, m in mask.items() if not m.all()]  # all-ones matrices need no multiply
-    weights = [params[name] for name in pruned]
-    keep = [mask[name].to(w.dtype) for name, w in zip(pruned, weights)]
+    weights, keep = mask_factors(model, mask)
     optimizer = _optimizer(model, recipe)
     forward = forward or model_forward
     total, per_epoch = recipe.total_steps(len(features)), recipe.steps_per_epoch(len(features))
