@@ -50,8 +50,8 @@ def run_lth(task, tokenizer, args, bf16: bool) -> dict:
     recipe = Recipe(batch_size=args.batch_size, lr=args.lr, epochs=1.0, seed=args.seed, bf16=bf16)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        steps = finetune(model, masks.ones(prunable_weights(model)), train, recipe, tokenizer.pad_token_id,
-                         checkpoint=Path(tmp) / "c.pt")  # level 0 of a search: an all-ones mask
+        steps = len(finetune(model, masks.ones(prunable_weights(model)), train, recipe, tokenizer.pad_token_id,
+                             checkpoint=Path(tmp) / "c.pt"))  # level 0 of a search: an all-ones mask
         train_s = time.perf_counter() - start
     start = time.perf_counter()
     rows = predict(model, dev, tokenizer.pad_token_id, 128, bf16)

@@ -164,7 +164,7 @@ def test_verdict_command_prints_the_table_of_a_run(reference, capsys):
     (["find", "--levels", "2-1"], "--levels '2-1'"),
     (["find", "--levels", "two"], "give level numbers"),
     (["find", "--baselines", "random,oneshot"], "unknown baseline 'random'"),
-    (["find", "--seeds", "0"], "--seeds 0 must be 1 or more"),
+    (["find", "--seeds", "0"], "--seeds 0 is outside its range: it must be 1 or more"),
 ])
 def test_bad_input_one_clear_line(argv, message, capsys):
     assert main(argv) == 2

@@ -79,14 +79,14 @@ KILL_AFTER_SECOND_CHECKPOINT_OF_LEVEL_1 = """
 import os, signal, sys
 import lth.train as train
 from lth.cli import main
-original, saves = train.save_torch, []
+original, saves = train.save_checkpoint, []
 def save_then_die(obj, path):
     original(obj, path)
     if "level_01" in str(path):
         saves.append(path)
         if len(saves) == 2:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, like a power cut
-train.save_torch = save_then_die
+train.save_checkpoint = save_then_die
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -146,8 +146,8 @@ def test_a_mask_from_another_model_is_refused(toy, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--max-sparsity", "1.2"], "--max-sparsity 1.2 is outside [0, 1)"),
-    (["--rate", "0"], "--rate 0.0 must be in (0, 1)"),
+    (["--max-sparsity", "1.2"], "--max-sparsity 1.2 is outside its range: it must be in [0, 1)"),
+    (["--rate", "0"], "--rate 0.0 is outside its range: it must be in (0, 1)"),
     (["--task", "nosuchtask"], "unknown task 'nosuchtask'"),
     (["--task", "rte", "--data", "/no/such/folder"], "/no/such/folder"),
     (["--model", "/no/such/model"], "no such folder"),
@@ -187,10 +187,10 @@ def test_a_matrix_pruned_away_is_reported(toy, tmp_path, capsys, monkeypatch):
 
     original = imp._restore_or_save
 
-    def shrink_pooler(model, path):
+    def shrink_pooler(model, path, recorded):
         with torch.no_grad():
             model.bert.pooler.dense.weight.mul_(1e-6)
-        original(model, path)  # saved as θ0, so every rewind brings the tiny pooler back
+        return original(model, path, recorded)  # saved as θ0, so every rewind brings the tiny pooler back
 
     monkeypatch.setattr(imp, "_restore_or_save", shrink_pooler)
     # a tiny lr: Adam's first steps (~lr each) would otherwise give the pooler ordinary magnitudes again

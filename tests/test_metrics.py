@@ -52,9 +52,13 @@ def test_spearman_is_pearson_of_hand_ranks():
     assert METRICS["spearman"](x, y) == pytest.approx(expected)
 
 
-def test_correlations_of_constant_predictions_are_zero():
-    assert METRICS["pearson"](np.ones(4), np.arange(4.0)) == 0.0
-    assert METRICS["spearman"](np.ones(4), np.arange(4.0)) == 0.0
+def test_correlations_of_constant_predictions_are_undefined_and_say_so():
+    from lth.metrics import undefined_note
+
+    assert METRICS["pearson"](np.ones(4), np.arange(4.0)) is None
+    assert METRICS["spearman"](np.arange(4.0), np.ones(4)) is None
+    assert undefined_note({"pearson": None, "spearman": None}).startswith("pearson, spearman undefined")
+    assert undefined_note({"pearson": 0.5}) is None
 
 
 def test_metrics_return_plain_floats():

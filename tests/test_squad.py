@@ -216,8 +216,8 @@ def test_real_split_by_article_is_disjoint_and_complete(dev):
 
 
 @pytest.mark.parametrize("spec, message", [("40", "not TRAIN:EVAL"), ("a:b", "not TRAIN:EVAL"),
-                                           ("0:8", "at least 1"), ("50:8", "only 48 are available"),
-                                           ("40:9", "only 48 are available")])
+                                           ("0:8", "at least 1"), ("50:8", "only 48 have answerable"),
+                                           ("40:9", "only 48 have answerable")])
 def test_real_split_rejects_bad_specs(dev, spec, message):
     with pytest.raises(LthError, match=message):
         split_articles(dev[1], spec)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from lth import masks
-from lth.imp import _save_atomic, rewind
+from lth.files import save_model
+from lth.imp import rewind
 from lth.models import load_model, load_tokenizer, prunable_weights
 from lth.pruning import prune
 from lth.tasks.classify import encode
@@ -59,7 +60,7 @@ def test_pruned_weights_stay_zero_and_adam_state_too(tmp_path, which):
 def test_rewind_restores_every_weight_bit_for_bit_except_pruned(tmp_path):
     model, weights, feats = setup(tmp_path)
     point = tmp_path / "init.safetensors"
-    _save_atomic(model, point)
+    save_model(model, point)
     before = {n: p.detach().clone() for n, p in model.state_dict().items()}
     finetune(model, masks.ones(weights), feats, Recipe(batch_size=8, lr=1e-2, epochs=1), 0, tmp_path / "c.pt")
     assert not torch.equal(model.classifier.weight, before["classifier.weight"]), "training changed nothing"

@@ -30,7 +30,7 @@ def make_tiny(folder: Path, arch: str = "bert", seed: int = 0, hidden: int = 32,
     from transformers import AutoModel, BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig
 
     vocab = len(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL)
-    common = dict(vocab_size=vocab, max_position_embeddings=64, pad_token_id=0)
+    common = dict(vocab_size=vocab, max_position_embeddings=512, pad_token_id=0)
     config = {
         "bert": lambda: BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                                    intermediate_size=2 * hidden, **common),

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from dataclasses import MISSING, fields
 
 from .config import FindSettings, find_settings
-from .errors import LthError
+from .errors import LthError, short_reason
 
 
 def _flag_type(annotation: str):
@@ -24,20 +26,29 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls=FindSettings) -> Non
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
         if str(f.type).startswith("list"):
             extra["action"] = "append"
+        text = f.metadata["help"]
+        if default not in (None, []) and "default" not in text:
+            text += f" (default: {default})"
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_flag_type(str(f.type)),
-                            default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})",
-                            **extra)
+                            default=argparse.SUPPRESS, help=text, **extra)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error of lth."""
+
+    def error(self, message: str):
+        self.exit(2, f"lth: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lth", description="Find, test and ship lottery tickets in "
+    parser = Parser(prog="lth", description="Find, test and ship lottery tickets in "
                                      "pre-trained language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     find = sub.add_parser("find", help="search for a ticket with iterative magnitude pruning and rewinding",
                           description="Fine-tune, prune by magnitude, rewind, repeat; prints a table of "
                           "level, sparsity and metrics. Rerunning the same command resumes. Without "
-                          "--task: the offline demo (MiniLM on BBC News, 1 epoch a level, 30%% of the "
-                          "remaining weights a level, to 66%% sparsity); any flag given overrides it.")
+                          "--task: the offline demo (MiniLM on BBC News, 1 epoch a level, 30% of the "
+                          "remaining weights a level, to 66% sparsity); any flag given overrides it.")
     add_settings_flags(find)
     prunable = sub.add_parser("prunable", help="list the weights a search would prune")
     for name in ("model", "include", "exclude"):
@@ -77,21 +88,29 @@ def cmd_prunable(args) -> None:
 def cmd_verdict(args) -> None:
     from pathlib import Path
 
-    from .runs import collect_results, load_json
+    from .files import DamagedFile, load_json
+    from .runs import check_run, collect_results, judged_on_disk
     from .verdict import format_verdict_table
 
     run = Path(args.run)
     if not (run / "settings.json").is_file():
         raise LthError(f"{run} is not a run directory (it has no settings.json); give a folder that lth find "
                        "printed as 'run directory', e.g. runs/mrpc-minilm-1a2b3c4d5e")
-    info = load_json(run / "settings.json")
+    info = load_json(run / "settings.json", {"settings": dict})
     if "primary" not in info:
         raise LthError(f"{run} was made by an older lth that did not record the task's metrics; run the same "
                        "lth find command again (nothing finished is retrained) and then lth verdict")
     metric = args.metric or info["primary"]
     if metric not in info["metrics"]:
         raise LthError(f"--metric {metric}: this task reports {', '.join(info['metrics'])}; pick one of those")
-    results = collect_results(run, info["settings"]["seed"], info.get("judged_levels"))
+    try:
+        check_run(run)
+    except DamagedFile as damage:  # the table needs only the records; say what else is damaged, and go on
+        if damage.path.name == "metrics.json":
+            raise
+        print(f"lth: warning: {damage}", file=sys.stderr)
+    judged = sorted(set(info.get("judged_levels") or []) | judged_on_disk(run))
+    results = collect_results(run, info["settings"]["seed"], judged)
     print(format_verdict_table(results, info["metrics"], metric))
 
 
@@ -109,7 +128,27 @@ def main(argv: list[str] | None = None) -> int:
         print("\nlth: interrupted; run the same command again to resume from the last checkpoint",
               file=sys.stderr)
         return 130
+    except OSError as e:  # the file layer turns its own into LthError; this is any other file lth touched
+        print(f"lth: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug, not the user's input: one line, the traceback on request
+        if os.environ.get("LTH_DEBUG"):
+            raise
+        print(f"lth: internal error: {short_reason(e)}; this is a bug in lth: rerun with LTH_DEBUG=1 for the "
+              "traceback and report it (finished work in the run directory is kept)", file=sys.stderr)
+        return 3
     return 0
+
+
+def os_error_line(e: OSError) -> str:
+    where = f"{e.filename}: " if e.filename else ""
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "check the permissions, or choose another folder (--runs-dir)"
+    elif e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "free some space, then rerun the same command: finished work is kept"
+    else:
+        fix = "check the path"
+    return f"{where}{e.strerror or short_reason(e)}; {fix}"
 
 
 if __name__ == "__main__":

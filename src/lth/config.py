@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -13,6 +14,7 @@ SCHEDULES = ("original", "remaining")
 STRATEGIES = ("global", "layerwise")
 PRECISIONS = ("auto", "fp32", "bf16")
 BASELINES = ("random-prune", "random-reinit", "oneshot", "standard")
+DATA_FILES = (".csv", ".tsv", ".jsonl", ".json")  # a --task with one of these is the user's own file
 
 
 def _opt(help: str, hashed: bool = True, **kw):
@@ -86,6 +88,9 @@ class FindSettings:
             self.max_length = 384 if self.task == "squad" else 128
         if isinstance(self.levels, int):
             self.levels = str(self.levels)
+        for name in ("include", "exclude"):  # one pattern given as a string through the API
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [getattr(self, name)])
         if isinstance(self.baselines, (list, tuple)):
             self.baselines = ",".join(self.baselines)
         validate(self)
@@ -98,8 +103,16 @@ class FindSettings:
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.metadata["hashed"] and getattr(self, f.name) != _default(f)}
 
-    def digest(self) -> str:
-        blob = json.dumps(self.hashed(), sort_keys=True, default=str)
+    def digest(self, data: str | None = None) -> str:
+        """The run's name: a hash of the settings that change results and, given `data` (a fingerprint of the
+        examples' content), of the data itself instead of the paths it was read from."""
+        hashed = self.hashed()
+        if data is not None:
+            hashed = {k: v for k, v in hashed.items() if k not in ("data", "eval")}
+            if Path(self.task).suffix.lower() in DATA_FILES:
+                hashed["task"] = "own data file"
+            hashed["data_fingerprint"] = data
+        blob = json.dumps(hashed, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     def to_dict(self) -> dict:
@@ -152,34 +165,60 @@ def _check(ok: bool, message: str) -> None:
         raise LthError(message)
 
 
+# The allowed range of every numeric setting, in one place: (kind, test, words for the message).
+WHOLE, REAL = int, float
+AT_LEAST_1 = (WHOLE, lambda v: v >= 1, "1 or more")
+AT_LEAST_0 = (WHOLE, lambda v: v >= 0, "0 or more")
+RANGES = {
+    "train_limit": AT_LEAST_1, "eval_limit": AT_LEAST_1, "steps": AT_LEAST_1, "batch_size": AT_LEAST_1,
+    "eval_batch_size": AT_LEAST_1, "seeds": AT_LEAST_1, "threads": AT_LEAST_1, "doc_stride": AT_LEAST_1,
+    "seed": AT_LEAST_0, "rewind_step": AT_LEAST_0,
+    "max_length": (WHOLE, lambda v: v >= 8, "8 or more tokens"),
+    "lr": (REAL, lambda v: v > 0, "a positive number, e.g. 2e-5"),
+    "epochs": (REAL, lambda v: v > 0, "a positive number of epochs, e.g. 3"),
+    "checkpoint_minutes": (REAL, lambda v: v > 0, "a positive number of minutes"),
+    "weight_decay": (REAL, lambda v: v >= 0, "0 or more, e.g. 0.01"),
+    "warmup": (REAL, lambda v: 0 <= v < 1, "a fraction of the steps in [0, 1), e.g. 0.1"),
+    "rate": (REAL, lambda v: 0 < v < 1, "in (0, 1): the fraction pruned each level, e.g. 0.2"),
+    "max_sparsity": (REAL, lambda v: 0 <= v < 1, "in [0, 1): the fraction of prunable weights removed, e.g. 0.6"),
+}
+
+
+def check_number(flag: str, value, rule: tuple) -> None:
+    """One line naming the flag, the value and the allowed range, for a value of the wrong type or range."""
+    kind, test, allowed = rule
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LthError(f"{flag} {value!r} is not a number; it must be {allowed}")
+    if kind is WHOLE and not float(value).is_integer():
+        raise LthError(f"{flag} {value} is not a whole number; it must be {allowed}")
+    if not math.isfinite(value):
+        raise LthError(f"{flag} {value} is not a finite number; it must be {allowed}")
+    if not test(value):
+        raise LthError(f"{flag} {value} is outside its range: it must be {allowed}")
+
+
 def validate(s: FindSettings) -> None:
     """Reject values that cannot work, naming the flag and the allowed range."""
-    _check(0 <= s.max_sparsity < 1, f"--max-sparsity {s.max_sparsity} is outside [0, 1): "
-           "it is the fraction of prunable weights removed, e.g. 0.6")
-    _check(0 < s.rate < 1, f"--rate {s.rate} must be in (0, 1): the fraction pruned each level, e.g. 0.2")
+    for name, rule in RANGES.items():
+        value = getattr(s, name)
+        if value is not None:
+            check_number("--" + name.replace("_", "-"), value, rule)
+            setattr(s, name, rule[0](value))  # 3.0 given for an int flag through the API becomes 3
     _check(s.schedule in SCHEDULES, f"--schedule {s.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     _check(s.strategy in STRATEGIES, f"--strategy {s.strategy!r}: choose one of {', '.join(STRATEGIES)}")
     _check(s.precision in PRECISIONS, f"--precision {s.precision!r}: choose one of {', '.join(PRECISIONS)}")
     s.chosen_levels()  # raises on a malformed list
-    _check(s.seeds is None or s.seeds >= 1, f"--seeds {s.seeds} must be 1 or more")
     unknown = [n for n in s.baseline_names() if n not in BASELINES]
     _check(not unknown, f"--baselines: unknown baseline {', '.join(map(repr, unknown))}; choose from "
            f"{', '.join(BASELINES)} or 'all', separated by commas")
-    _check(s.epochs > 0, f"--epochs {s.epochs} must be positive")
-    _check(s.batch_size > 0 and s.eval_batch_size > 0, "--batch-size and --eval-batch-size must be positive")
-    _check(s.lr > 0, f"--lr {s.lr} must be positive")
-    _check(0 <= s.warmup < 1, f"--warmup {s.warmup} must be in [0, 1)")
-    _check(s.max_length >= 8, f"--max-length {s.max_length} is too short; use 8 or more tokens")
-    _check(s.steps is None or s.steps > 0, f"--steps {s.steps} must be positive")
-    _check(s.task != "squad" or 0 < s.doc_stride < s.max_length,
-           f"--doc-stride {s.doc_stride} must be between 0 and --max-length {s.max_length}")
-    _check(s.rewind_step >= 0, f"--rewind-step {s.rewind_step} must be 0 or more")
-    for flag, value in (("--train-limit", s.train_limit), ("--eval-limit", s.eval_limit)):
-        _check(value is None or value > 0, f"{flag} {value} must be a positive number of examples")
+    _check(s.task != "squad" or s.doc_stride < s.max_length,
+           f"--doc-stride {s.doc_stride} must be smaller than --max-length {s.max_length}")
+    _check(s.task != "squad" or bool(re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", str(s.split_articles))),
+           f"--split-articles {s.split_articles!r} is not TRAIN:EVAL; use article counts, e.g. 40:8")
     for pattern in [*s.include, *s.exclude]:
         try:
             re.compile(pattern)
-        except re.error as e:
+        except (re.error, TypeError) as e:
             raise LthError(f"--include/--exclude pattern {pattern!r} is not a valid regex: {e}") from None
 
 

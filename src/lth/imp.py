@@ -10,19 +10,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-from safetensors.torch import load_model as load_weights
-from safetensors.torch import save_model as save_weights
 from tqdm.auto import tqdm
 
 from . import masks
 from .baselines import oneshot_mask, random_mask, reinitialize_
 from .config import FindSettings, find_settings
 from .errors import LthError
-from .models import load_tokenizer, prunable_weights
+from .files import (CHECKSUM, DamagedFile, load_into, load_json, load_tensors, save_json, save_model, sweep,
+                    verify_tensors)
+from .metrics import undefined_note
+from .models import check_max_length, load_tokenizer, prunable_weights
 from .pruning import planned_levels, prune, sparsity_at
 from .report import level_line, table
-from .runs import Claim, atomic_path, branch_dir, collect_results, level_dir, load_json, save_json
+from .runs import Claim, branch_dir, check_run, collect_results, judged_on_disk, level_dir, read_record
 from .tasks import load_task
 from .tasks.classify import ClassificationTask
 from .tasks.mlm import MaskedLMTask
@@ -40,16 +40,25 @@ def find(settings: FindSettings | None = None, **overrides) -> dict:
     torch.set_num_threads(s.threads or os.cpu_count() or 1)
     task = build_task(s)
     tokenizer = load_tokenizer(s.model)
-    run = Path(s.runs_dir) / f"{_slug(task.name)}-{_slug(s.model)}-{s.digest()}"
+    data = task.fingerprint()
+    run = Path(s.runs_dir) / f"{_slug(task.name)}-{_slug(s.model)}-{s.digest(data)}"
     say(f"run {run}")
     model = task.load_model(s.model, s.seed)
+    check_max_length(s.max_length, model, tokenizer, s.model)
     weights = prunable_weights(model, s.include, s.exclude)
     for note in task.notes:
         say(f"note: {note}")
-    search = Search(s, task, tokenizer, model, weights, run)
+    search = Search(s, task, tokenizer, model, weights, run)  # checks everything before a file is written
+    previous = _previous_settings(run, data)
+    _note_other_data(run, s, data)
+    for leftover in sweep(run) if run.exists() else []:
+        say(f"removed {leftover}, left by an interrupted writer")
+    init = _restore_or_save(model, run / "init.safetensors", previous.get("init_sha256"))
+    check_run(run)
+    search.mask(0)  # the all-ones mask: written now if it is missing (a fresh run, or deleted as damaged)
     save_json({"settings": s.to_dict(), "sizes": task.sizes(), "notes": task.notes, "primary": task.primary,
-               "metrics": task.metric_names, "judged_levels": search.judged}, run / "settings.json")
-    _restore_or_save(model, run / "init.safetensors")
+               "metrics": task.metric_names, "judged_levels": search.judged, "data_fingerprint": data,
+               "settings_digest": s.digest(data=""), "init_sha256": init}, run / "settings.json")
     total = sum(w.numel() for w in weights.values())
     say(f"model {s.model}: {len(weights)} prunable matrices, {total:,} weights "
         f"of {sum(p.numel() for p in model.parameters()):,} parameters")
@@ -62,6 +71,35 @@ def find(settings: FindSettings | None = None, **overrides) -> dict:
         print(format_verdict_table(summary["results"], task.metric_names, task.primary))
     print(f"run directory: {run}")
     return summary
+
+
+SETTINGS_RECORD = {"settings": dict, "primary": str, "metrics": list}
+
+
+def _previous_settings(run: Path, data: str) -> dict:
+    """What the run recorded when it began; refuses to continue it on other data."""
+    path = run / "settings.json"
+    if not path.exists():
+        return {}
+    previous = load_json(path, SETTINGS_RECORD)
+    if previous.get("data_fingerprint", data) != data:
+        raise LthError(f"{run} was trained on other data (fingerprint {previous['data_fingerprint']}, now {data}); "
+                       "a run continues only on the data it began with: restore that data, or move the run away")
+    return previous
+
+
+def _note_other_data(run: Path, s: FindSettings, data: str) -> None:
+    """Say so when the same settings already have a run on different data (the files at a path changed)."""
+    if run.exists():
+        return
+    for other in sorted(run.parent.glob(f"{run.name.rsplit('-', 1)[0]}-*/settings.json")):
+        try:
+            info = load_json(other)
+        except (DamagedFile, OSError):
+            continue
+        if info.get("settings_digest") == s.digest(data="") and info.get("data_fingerprint") != data:
+            say(f"note: {other.parent} has the same settings on other data (the files changed since?); "
+                "this is a new run on the data as it is now")
 
 
 def build_task(s: FindSettings):
@@ -118,9 +156,10 @@ class Search:
         chosen = s.chosen_levels()
         self.plan = planned_levels(s.schedule, s.rate, s.max_sparsity, max(chosen) if chosen else None)
         beyond = [level for level in chosen or [] if level >= len(self.plan)]
-        if beyond:
-            say(f"warning: level {', '.join(map(str, beyond))} is beyond --max-sparsity {s.max_sparsity} "
-                f"(level {len(self.plan) - 1} reaches {self.plan[-1]:.1%}); raise --max-sparsity to run it")
+        if beyond:  # refused before anything is written: a finished run's summary stays as it was
+            raise LthError(f"--levels {s.levels}: level {', '.join(map(str, beyond))} is beyond --max-sparsity "
+                           f"{s.max_sparsity} (level {len(self.plan) - 1} reaches {self.plan[-1]:.1%}); raise "
+                           "--max-sparsity or choose lower levels")
         self.judged = [level for level in (chosen if chosen is not None else range(len(self.plan)))
                        if 0 < level < len(self.plan)]
         self.seeds, self.baselines = s.seed_list(), s.baseline_names()
@@ -182,6 +221,7 @@ class Search:
                 if unit.ready() and claim.acquire():
                     try:
                         if not unit.done:  # finished by another process between the check and the claim
+                            sweep(unit.where)  # what a killed writer of this unit left (we hold its claim)
                             say(f"{unit}: training ({len(units) - len(todo)} of {len(units)} units done)")
                             self.run_unit(unit)
                     finally:
@@ -210,22 +250,30 @@ class Search:
             reinitialize_(self.model, unit.seed)
             masks.apply_(self.weights, mask)
         on_step = self._rewind_hook() if unit.kind == "trunk" and level == 0 else None
-        finetune(self.model, mask, self.train, replace(self.recipe, seed=unit.seed), self.pad_id,
-                 where / "checkpoint.pt", start_step=self.s.rewind_step if self._rewound(unit) else 0,
+        losses = finetune(self.model, mask, self.train, replace(self.recipe, seed=unit.seed), self.pad_id,
+                 where / "checkpoint.pt", start_step=self._first_step(unit),
                  desc=f"{unit} train", on_step=on_step, prepare=getattr(self.task, "prepare", None),
                  forward=getattr(self.task, "forward", None))
         metrics = self.evaluate(str(unit))
         if unit.kind == "trunk":
             self.save_next_mask(level, mask)
         if self._keeps_final(unit):
-            _save_atomic(self.model, where / "final.safetensors")
+            save_model(self.model, where / "final.safetensors")
+        save_json({"step_losses": [round(x, 6) for x in losses], "first_step": self._first_step(unit)},
+                  where / "train_loss.json")
         record = {"level": level, "kind": unit.kind, "seed": unit.seed, "sparsity": masks.sparsity(mask),
                   "metrics": metrics, "seconds": round(time.monotonic() - started, 1)}
+        if note := undefined_note(metrics):
+            record["notes"] = [note]
+            say(f"{unit}: note: {note}")
         save_json(record, where / "metrics.json")
         (where / "checkpoint.pt").unlink(missing_ok=True)  # hundreds of MB, no longer needed
         if unit.kind == "standard" and level > 1:  # the chain has moved on: drop the weights it came from
             self._previous_final(unit.seed, level).unlink(missing_ok=True)
         say(level_line(record) if unit.kind == "trunk" else f"{unit.kind} seed {unit.seed}: {level_line(record)}")
+
+    def _first_step(self, unit: Unit) -> int:
+        return self.s.rewind_step if self._rewound(unit) else 0
 
     @staticmethod
     def _rewound(unit: Unit) -> bool:
@@ -260,7 +308,7 @@ class Search:
 
     def _stored(self, path: Path) -> dict[str, torch.Tensor]:
         """The prunable weights as saved in a weights file."""
-        saved = load_file(path)
+        saved, _ = load_tensors(path)
         return {name: saved[name] for name in self.weights}
 
     def _keeps_final(self, unit: Unit) -> bool:
@@ -309,17 +357,18 @@ class Search:
 
         def save_rewind_point(step: int) -> None:
             if step == at:
-                _save_atomic(self.model, path)
+                save_model(self.model, path)
         return save_rewind_point
 
     def summary(self) -> dict:
-        levels = [load_json(p) for p in sorted(self.run.glob("level_*/metrics.json"))]
+        levels = [read_record(p) for p in sorted(self.run.glob("level_*/metrics.json"))]
         summary = {"run": str(self.run), "task": self.task.name, "model": self.s.model,
                    "primary": self.task.primary, "metrics": self.task.metric_names,
                    "prunable_weights": sum(w.numel() for w in self.weights.values()),
                    "prunable_matrices": len(self.weights), "levels": levels,
                    "seeds": self.seeds, "baselines": self.baselines, "judged_levels": self.judged}
-        results = collect_results(self.run, self.seeds[0], self.judged)
+        # every level with seeds or baselines on disk is judged, also when this call asked for fewer
+        results = collect_results(self.run, self.seeds[0], sorted(set(self.judged) | judged_on_disk(self.run)))
         if results["full"]:
             summary["results"] = results
             summary["verdict"] = verdict(results, self.task.metric_names, self.task.primary)
@@ -328,21 +377,31 @@ class Search:
 
 def rewind(model, point: Path, mask: masks.Mask, weights: dict) -> None:
     """Reset every weight, encoder and head, to the rewind point; pruned weights become zero."""
-    load_weights(model, point)
+    load_into(model, point)
     masks.apply_(weights, mask)
 
 
-def _restore_or_save(model, path: Path) -> None:
-    """The rewind point θ0 (encoder and new head) is created once, then always read back from disk."""
-    if path.exists():
-        load_weights(model, path)
-    else:
-        _save_atomic(model, path)
+def _restore_or_save(model, path: Path, recorded: str | None) -> str | None:
+    """The rewind point θ0 (encoder and new head) is created once, then always read back from disk.
 
-
-def _save_atomic(model, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        save_weights(model, str(tmp))
+    θ0 is the pre-trained model with a head drawn from the seed, which `model` holds when it is called: a damaged
+    θ0 is rebuilt from it, and kept only if it is bit-identical to the checksum the run recorded."""
+    if not path.exists():
+        return save_model(model, path)
+    try:
+        checksum = verify_tensors(path).get(CHECKSUM)
+    except DamagedFile:
+        if recorded is None:
+            raise
+        rebuilt = path.with_name("init.rebuilt.safetensors")
+        if save_model(model, rebuilt) != recorded:
+            rebuilt.unlink()
+            raise
+        os.replace(rebuilt, path)
+        say(f"note: {path} was damaged; rebuilt it from the model and the seed (identical to the original)")
+        return recorded
+    load_into(model, path)
+    return checksum
 
 
 def _slug(text: str) -> str:

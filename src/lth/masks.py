@@ -5,11 +5,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .errors import LthError
-from .runs import atomic_path
+from .files import load_tensors, save_tensors
 
 Mask = dict[str, torch.Tensor]
 
@@ -57,16 +55,16 @@ def check(mask: Mask, weights: dict[str, torch.Tensor], source: str = "the mask"
                            f"{tuple(weights[name].shape)} in the model; use a mask made for the same base model")
 
 
-def save(mask: Mask, path: str | Path, metadata: dict | None = None) -> None:
+def save(mask: Mask, path: str | Path, metadata: dict | None = None) -> str:
+    """Write a mask (sealed with a checksum, canonical bytes); returns the checksum."""
     meta = {"sparsity": f"{sparsity(mask):.6f}", **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in mask.items()}, str(tmp), metadata=meta)
+    return save_tensors(mask, path, meta)
 
 
 def load(path: str | Path) -> Mask:
+    """A mask file, verified against its checksum."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k).bool() for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for malformed files
-        raise LthError(f"could not read the mask {path} ({e}); it should be a .safetensors mask written by lth") \
-            from None
+        tensors, _ = load_tensors(path)
+    except FileNotFoundError:
+        raise LthError(f"no mask file at {path}; give the path of a mask.safetensors written by lth") from None
+    return {k: v.bool() for k, v in tensors.items()}

@@ -27,23 +27,32 @@ def _constant(*arrays: np.ndarray) -> bool:
     return any(np.ptp(np.asarray(a, dtype=float)) == 0 for a in arrays)
 
 
-def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """Pearson correlation; 0.0 when either side is constant."""
-    # A collapsed model predicts a constant; scipy would warn and return nan, which breaks
-    # "best so far" comparisons. 0.0 matches sklearn's MCC convention for the same case.
+def pearson(predictions: np.ndarray, labels: np.ndarray) -> float | None:
+    """Pearson correlation; None (undefined) when either side is constant."""
+    # A collapsed model predicts a constant. Scoring it 0.0 would let it pass for a weak model (and, next to
+    # a full model near 0, "win"); None is recorded as undefined and never wins a verdict.
     if _constant(predictions, labels):
-        return 0.0
+        return None
     return float(pearsonr(predictions, labels)[0])
 
 
-def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """Spearman rank correlation; 0.0 when either side is constant."""
+def spearman(predictions: np.ndarray, labels: np.ndarray) -> float | None:
+    """Spearman rank correlation; None (undefined) when either side is constant."""
     if _constant(predictions, labels):
-        return 0.0
+        return None
     return float(spearmanr(predictions, labels)[0])
 
 
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+def undefined_note(metrics: dict[str, float | None]) -> str | None:
+    """Why some metrics of a unit have no value, for its record."""
+    missing = [name for name, value in metrics.items() if value is None]
+    if not missing:
+        return None
+    return (f"{', '.join(missing)} undefined: the model gives the same output for every example (collapsed), "
+            "or every label is the same; such a unit never counts as winning")
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float | None]] = {
     "accuracy": accuracy,
     "f1": f1,
     "mcc": mcc,
@@ -53,7 +62,7 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 
 
 def score_classification(logits: np.ndarray, labels: np.ndarray, metrics: tuple[str, ...],
-                         regression: bool) -> dict[str, float]:
+                         regression: bool) -> dict[str, float | None]:
     """The requested metrics, in order, for model outputs (class logits, or one score per example)."""
     logits = np.asarray(logits)
     predictions = logits.reshape(-1) if regression else logits.argmax(axis=-1)

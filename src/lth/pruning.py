@@ -41,6 +41,15 @@ def _kth_smallest(scores: Mapping[str, torch.Tensor], mask: Mask, sizes: list[in
     return threshold, k - int(torch.count_nonzero(alive < threshold))
 
 
+def _check_finite(scores: Mapping[str, torch.Tensor], mask: Mask) -> None:
+    """Magnitudes of nan rank nowhere: pruning a diverged model would silently prune nothing."""
+    for name, m in mask.items():
+        bad = int(torch.count_nonzero(~torch.isfinite(scores[name][m])))
+        if bad:
+            raise LthError(f"cannot prune: {bad:,} alive weights of {name} are not finite (nan or inf); the training "
+                           "that produced them diverged; lower --lr or check --weight-decay and rerun")
+
+
 def _to_remove(mask: Mask, target: float) -> int:
     kept, total = count(mask)
     return round(target * total) - (total - kept)
@@ -50,6 +59,7 @@ def select(scores: Mapping[str, torch.Tensor], mask: Mask, target: float, layerw
     """Prune the lowest-scoring alive weights until `target` of them are gone, globally or per matrix."""
     if not 0 <= target < 1:
         raise LthError(f"target sparsity {target} is outside [0, 1)")
+    _check_finite(scores, mask)
     if not layerwise:
         return _remove(scores, mask, max(0, _to_remove(mask, target)))
     return {name: _remove({name: scores[name]}, {name: m}, max(0, _to_remove({name: m}, target)))[name]

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4f}"
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
 
 
 def level_line(record: dict) -> str:

@@ -1,51 +1,14 @@
-"""Run directories and atomic file writes: an interrupted run never leaves a half-file that looks finished."""
+"""Run directories: where each unit of work lives, claims on units, and the results table read from disk."""
 from __future__ import annotations
 
 import fcntl
-import json
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-
-import torch
 
 from .config import BASELINES
+from .files import DamagedFile, load_json, verify_tensors
 
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save_json(obj, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def load_json(path: str | Path):
-    return json.loads(Path(path).read_text())
-
-
-def save_torch(obj, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_torch(path: str | Path):
-    # Checkpoints hold RNG states and optimizer dicts we wrote ourselves.
-    return torch.load(path, map_location="cpu", weights_only=False)
+# What a finished unit records; checked whenever a metrics.json is read back.
+RECORD = {"level": int, "kind": str, "seed": int, "sparsity": (int, float), "metrics": dict}
 
 
 def level_dir(run_dir: Path, level: int) -> Path:
@@ -99,8 +62,8 @@ def collect_results(run: Path, search_seed: int, levels: list[int] | None = None
 
     The full model is level 0 of the search plus the other seeds' dense runs; each judged level has IMP
     (the search's own level plus its other seeds) and every baseline trained there. Only finished units count."""
-    trunk = {r["level"]: r for r in map(load_json, sorted(run.glob("level_*/metrics.json")))}
-    branches = [load_json(p) for p in sorted(run.glob("branches/*/seed_*/level_*/metrics.json"))]
+    trunk = {r["level"]: r for r in map(read_record, sorted(run.glob("level_*/metrics.json")))}
+    branches = [read_record(p) for p in sorted(run.glob("branches/*/seed_*/level_*/metrics.json"))]
     full = [trunk[0]["metrics"]] if 0 in trunk else []
     full += [r["metrics"] for r in branches if r["kind"] == "full" and r["seed"] != search_seed]
     wanted = sorted(trunk.keys() - {0}) if levels is None else levels
@@ -114,3 +77,39 @@ def collect_results(run: Path, search_seed: int, levels: list[int] | None = None
             if runs:
                 row.setdefault(kind, []).extend(runs)
     return {"full": full, "levels": table}
+
+
+def judged_on_disk(run: Path) -> set[int]:
+    """Levels that have a finished seed or baseline on disk (the dense full-model seeds are level 0)."""
+    return {read_record(p)["level"] for p in run.glob("branches/*/seed_*/level_*/metrics.json")} - {0}
+
+
+def read_record(path: Path) -> dict:
+    """A finished unit's metrics.json, checked."""
+    record = load_json(path, RECORD)
+    wrong = [k for k, v in record["metrics"].items() if v is not None and not isinstance(v, (int, float))]
+    if wrong:
+        raise DamagedFile(path, f"metric '{wrong[0]}' is not a number")
+    return record
+
+
+def check_run(run: Path) -> None:
+    """Read back every finished record and tensor file of a run, so damage is reported now, with what to do,
+    and not when a later unit or report needs the file."""
+    for path in sorted(run.rglob("metrics.json")):
+        read_record(path)
+        if (path.parent / "train_loss.json").exists():
+            load_json(path.parent / "train_loss.json", {"step_losses": list})
+    for path in sorted(run.rglob("*.safetensors")):
+        if not _pending(run, path):
+            verify_tensors(path)
+
+
+def _pending(run: Path, path: Path) -> bool:
+    """True for a file that the unfinished unit writing it will write again."""
+    if path.parent == run:
+        return False
+    writer = path.parent
+    if path.name == "mask.safetensors" and writer.parent == run and writer.name != "level_00":
+        writer = level_dir(run, int(writer.name.split("_")[1]) - 1)  # the trunk's level N-1 prunes to mask N
+    return not (writer / "metrics.json").exists()

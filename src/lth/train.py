@@ -13,8 +13,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import TARGETS, Feature, collate, evaluation_order, training_order
+from .errors import LthError
+from .files import load_checkpoint, save_checkpoint
 from .masks import Mask
-from .runs import load_torch, save_torch
 
 
 @dataclass
@@ -54,9 +55,13 @@ def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=recipe.lr, fused=True)
 
 
-def _state(model, optimizer, step: int) -> dict:
+def _state(model, optimizer, step: int, losses: list[float]) -> dict:
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-            "rng": torch.get_rng_state()}
+            "rng": torch.get_rng_state(), "losses": losses}
+
+
+class Diverged(LthError):
+    """Training produced a non-finite loss or weights: the unit cannot become a ticket."""
 
 
 def model_forward(model: nn.Module, batch: dict, train: bool):
@@ -79,8 +84,9 @@ def mask_factors(model: nn.Module, mask: Mask) -> tuple[list[torch.Tensor], list
 def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Recipe, pad_id: int,
              checkpoint: Path, start_step: int = 0, desc: str = "train",
              on_step: Callable[[int], None] | None = None,
-             prepare: Callable[[dict, int], dict] | None = None, forward: Callable | None = None) -> int:
-    """Train `model` with `mask` held fixed (pruned weights stay exactly zero); returns steps taken.
+             prepare: Callable[[dict, int], dict] | None = None, forward: Callable | None = None) -> list[float]:
+    """Train `model` with `mask` held fixed (pruned weights stay exactly zero); returns the loss of every step
+    taken (resumed ones included).
 
     Resumes from `checkpoint` when it exists, and writes it every epoch and every few minutes.
     `prepare(batch, step)` changes a batch before the model sees it (MLM masks tokens there);
@@ -89,14 +95,14 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
     optimizer = _optimizer(model, recipe)
     forward = forward or model_forward
     total, per_epoch = recipe.total_steps(len(features)), recipe.steps_per_epoch(len(features))
-    step = start_step
+    step, losses = start_step, []
     torch.manual_seed(recipe.seed)  # dropout
-    if checkpoint.exists():
-        state = load_torch(checkpoint)
+    state = load_checkpoint(checkpoint)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
-        step = state["step"]
+        step, losses = state["step"], list(state.get("losses", []))
     _multiply_(weights, keep)
     lengths = [len(f["input_ids"]) for f in features]
     model.train()
@@ -109,19 +115,34 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
             if prepare is not None:
                 batch = prepare(batch, step)
             loss = _step(model, optimizer, batch, weights, keep, recipe, recipe.lr_at(step, total), forward)
+            if not math.isfinite(loss):
+                raise Diverged(f"{desc}: training diverged at step {step + 1} of {total}: the loss is {loss}; "
+                               f"lower --lr (it is {recipe.lr:g}) or check --weight-decay and the labels; "
+                               "nothing of this unit was saved as finished")
             step += 1
+            losses.append(loss)
             bar.update()
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if on_step is not None:
                 on_step(step)
             epoch_end = step % per_epoch == 0 or step == total
             if epoch_end or time.monotonic() - saved_at > 60 * recipe.checkpoint_minutes:
-                save_torch(_state(model, optimizer, step), checkpoint)
+                save_checkpoint(_state(model, optimizer, step, losses), checkpoint)
                 saved_at = time.monotonic()
             if step == total:
                 break
     bar.close()
-    return step - start_step
+    _check_finite(model, desc)
+    return losses
+
+
+@torch.no_grad()
+def _check_finite(model: nn.Module, desc: str) -> None:
+    """A last step can turn weights into inf/nan without a non-finite loss yet: never keep such a model."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise Diverged(f"{desc}: training diverged: {name} holds non-finite values after the last step; "
+                           "lower --lr or check --weight-decay; nothing of this unit was saved as finished")
 
 
 def _step(model, optimizer, batch, weights, keep, recipe: Recipe, lr: float, forward: Callable) -> float:

@@ -36,15 +36,22 @@ def lower_is_better(metric: str) -> bool:
 
 
 def summarize(runs: list[dict[str, float]]) -> dict[str, dict]:
-    """Per metric over the runs: mean, sample standard deviation (None for one run) and n."""
-    values: dict[str, list[float]] = {}
+    """Per metric over the runs: mean, sample standard deviation (None for one run) and n.
+
+    A metric that is undefined (None) in any run has an undefined mean: a collapsed seed is not averaged away."""
+    values: dict[str, list] = {}
     for run in runs:
         for metric, value in run.items():
-            if value is not None:
-                values.setdefault(metric, []).append(float(value))
-    # statistics.mean/stdev are exactly rounded, so equal runs in any order give equal means.
-    return {metric: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else None, "n": len(v)}
-            for metric, v in values.items()}
+            values.setdefault(metric, []).append(None if value is None else float(value))
+    result = {}
+    for metric, v in values.items():
+        defined = [x for x in v if x is not None]
+        if len(defined) < len(v):
+            result[metric] = {"mean": None, "std": None, "n": len(v), "undefined": len(v) - len(defined)}
+        else:  # statistics.mean/stdev are exactly rounded, so equal runs in any order give equal means
+            result[metric] = {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else None,
+                              "n": len(v)}
+    return result
 
 
 def _levels(table: dict) -> list[tuple[float, dict]]:
@@ -66,6 +73,8 @@ def _bar(full: dict, rule: str, lower: bool) -> float | None:
     """The value a ticket must reach (or stay under, for losses); None when the rule is undefined."""
     if rule not in RULES:
         raise LthError(f"unknown rule '{rule}'; use one of: {', '.join(RULES)}")
+    if full["mean"] is None:
+        return None
     if rule == "strict":
         return full["mean"]
     if full["std"] is None:
@@ -86,7 +95,7 @@ def outcomes(table: dict, metric: str, rule: str) -> dict[float, bool | None]:
     for sparsity, entry in _levels(table):
         imp = summarize(entry.get("imp") or []).get(metric)
         if imp is not None:
-            result[sparsity] = None if bar is None else _wins(imp["mean"], bar, lower)
+            result[sparsity] = None if bar is None else imp["mean"] is not None and _wins(imp["mean"], bar, lower)
     return result
 
 
@@ -103,10 +112,10 @@ def gaps(table: dict, metric: str) -> dict[float, dict[str, float]]:
     result = {}
     for sparsity, entry in _levels(table):
         imp = summarize(entry.get("imp") or []).get(metric)
-        if imp is None:
+        if imp is None or imp["mean"] is None:
             continue
         row = {name: imp["mean"] - other["mean"] for name, runs in entry.items() if name != "imp"
-               for other in [summarize(runs).get(metric)] if other is not None}
+               for other in [summarize(runs).get(metric)] if other is not None and other["mean"] is not None}
         if row:
             result[sparsity] = row
     return result
@@ -130,7 +139,11 @@ def _dip_note(table: dict, metric: str, rule: str, winner: float | None) -> str 
 
 def _notes(table: dict, primary: str, winning: dict) -> list[str]:
     notes = []
-    if _full(table, primary)["n"] == 1:
+    full = _full(table, primary)
+    if full["mean"] is None:
+        notes.append(f"the full model's {primary} is undefined in {full['undefined']} of its {full['n']} seeds "
+                     "(a collapsed model): no ticket can be judged against it on this metric")
+    elif full["n"] == 1:
         notes.append(SINGLE_SEED_NOTE)
     notes += [n for rule in RULES if (n := _dip_note(table, primary, rule, winning[primary][rule]))]
     single = [s for s, entry in _levels(table) if summarize(entry.get("imp") or []).get(primary, {}).get("n") == 1]
@@ -154,6 +167,8 @@ def verdict(table: dict, metrics: list[str], primary: str) -> dict:
 def _cell(stats: dict | None) -> str:
     if stats is None:
         return "-"
+    if stats["mean"] is None:
+        return f"undefined in {stats['undefined']} of {stats['n']}"
     spread = "n/a" if stats["std"] is None else f"{stats['std']:.4f}"
     return f"{stats['mean']:.4f} ±{spread}"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..files import fingerprint
 from ..metrics import score_classification
 from ..models import load_model
 from ..train import logits_rows
@@ -36,6 +37,12 @@ class ClassificationTask:
     @property
     def notes(self) -> list[str]:
         return self.data.notes
+
+    def fingerprint(self) -> str:
+        """The content of every example and label: a run continues only on the data it began with."""
+        splits = {"train": self.data.train, **self.data.evals}
+        return fingerprint({"labels": self.data.label_names, "splits": {
+            name: [ex.texts, ex.pairs, ex.labels] for name, ex in splits.items()}})
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.data.train), **{k: len(v) for k, v in self.data.evals.items()}}

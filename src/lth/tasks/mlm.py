@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import LthError, short_reason
+from ..files import fingerprint
 from ..models import load_model, resolve_model
 from .text import _existing, _field, _records, is_data_file
 
@@ -258,6 +259,9 @@ class MaskedLMTask:
 
     def sizes(self) -> dict[str, int]:
         return {"train_lines": len(self.train_lines), "eval_lines": len(self.eval_lines)}
+
+    def fingerprint(self) -> str:
+        return fingerprint([self.train_lines, self.eval_lines])
 
     def train_features(self, tokenizer, max_length: int) -> list[dict]:
         self.mask_id, self.vocab_size = tokenizer.mask_token_id, len(tokenizer)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LthError, short_reason
+from ..files import fingerprint
 from ..models import load_model
 
 LAYOUT = ('expected the official layout {"data": [{"title": ..., "paragraphs": [{"context": ..., '
@@ -76,15 +77,20 @@ def _matches(context: str, answer: dict) -> bool:
 
 # --- splitting -------------------------------------------------------------------------------------
 
-def split_articles(examples: list[dict], spec: str,
-                   source: str | None = None) -> tuple[list[dict], list[dict], str]:
-    """(train, eval, description): the first TRAIN articles in file order to train, the next EVAL to evaluate."""
+def split_articles(examples: list[dict], spec: str, source: str | None = None,
+                   dropped: int = 0) -> tuple[list[dict], list[dict], str]:
+    """(train, eval, description): the first TRAIN articles in file order to train, the next EVAL to evaluate.
+
+    `dropped`: answers the loader dropped as misaligned, which can leave an article without questions."""
     n_train, n_eval = _parse_spec(spec)
     # consecutive titles: one article's questions are contiguous in file order
     groups = [list(g) for _, g in groupby(examples, key=lambda e: e["title"])]
     if n_train + n_eval > len(groups):
-        raise LthError(f"SQuAD split '{spec}' needs {n_train + n_eval} articles but only {len(groups)} are "
-                       f"available; use counts that add up to at most {len(groups)}")
+        why = (f" ({dropped} answers were dropped because their answer_start does not match the context, which "
+               "leaves an article with none of them without questions: check that the file is unedited)"
+               if dropped else "")
+        raise LthError(f"SQuAD split '{spec}' needs {n_train + n_eval} articles but only {len(groups)} have "
+                       f"answerable questions{why}; use counts that add up to at most {len(groups)}")
     train = [e for g in groups[:n_train] for e in g]
     evals = [e for g in groups[n_train:n_train + n_eval] for e in g]
     description = (f"SQuAD split by article: train = {_span(1, n_train)} ({len(train)} questions), "
@@ -251,11 +257,12 @@ class SquadTask:
 
     def __init__(self, data: str | None, eval: str | None, split: str, stride: int,
                  train_limit: int | None = None, eval_limit: int | None = None):
-        self.stride, self.notes = stride, []
+        self.stride, self.notes, self.dropped = stride, [], 0
         if data is None:
             train, dev = _from_hub()
         elif eval is None:
-            train, dev, description = split_articles(self._load(data), split, source=Path(data).name)
+            examples = self._load(data)
+            train, dev, description = split_articles(examples, split, Path(data).name, self.dropped)
             self.notes.append(description)
         else:
             train, dev = self._load(data), self._load(eval)
@@ -264,6 +271,7 @@ class SquadTask:
 
     def _load(self, path: str) -> list[dict]:
         examples, skipped = load_squad(path)
+        self.dropped += skipped
         if skipped:
             self.notes.append(f"{path}: skipped {skipped} answers whose answer_start does not match the context")
         return examples
@@ -273,6 +281,9 @@ class SquadTask:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "dev": len(self.dev)}
+
+    def fingerprint(self) -> str:
+        return fingerprint([self.train, self.dev])
 
     def train_features(self, tokenizer, max_length: int) -> list[dict]:
         return train_features(self.train, tokenizer, max_length, self.stride)

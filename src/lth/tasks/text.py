@@ -8,10 +8,11 @@ import random
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+from ..config import DATA_FILES
 from ..errors import LthError
 from .examples import ClassificationData, Examples
 
-FORMATS = (".csv", ".tsv", ".jsonl", ".json")
+FORMATS = DATA_FILES
 TSV_HINT = "the file is not plain tab-separated text (saved with quoting, or a field holds a tab or line break?)"
 CSV_HINT = "quote fields that contain commas or line breaks"
 JSON_EXAMPLE = 'one JSON object per line, e.g. {"text": "...", "label": "..."}'
@@ -148,8 +149,9 @@ def _integral(value: str) -> str:
     return str(int(number)) if number is not None and number.is_integer() else value
 
 
-def _label_names(rows: list[Row], path: Path) -> list[str]:
-    """Sorted class names, or [] when the labels are real numbers (regression)."""
+def _label_names(rows: list[Row], path: Path, mixed: list[str]) -> list[str]:
+    """Sorted class names, or [] when the labels are real numbers (regression); a note on `mixed` when
+    numbers and text are mixed."""
     numbers = [_number(row.label) for row in rows]
     if all(n is not None for n in numbers):
         if not all(n.is_integer() for n in numbers):
@@ -158,6 +160,11 @@ def _label_names(rows: list[Row], path: Path) -> list[str]:
         names = [str(n) for n in names]
     else:
         names = sorted({row.label for row in rows})
+        numeric = sum(n is not None for n in numbers)
+        if numeric:
+            mixed.append(f"{path}: the labels mix numbers ({numeric} rows) and text ({len(rows) - numeric} rows), "
+                         f"so every distinct value is a class ({len(names)} classes); if the labels are scores, "
+                         "fix the rows that are not numbers")
     if len(names) < 2:
         raise LthError(f"{path} has only one label ({names[0]}); a classifier needs at least two classes")
     return names
@@ -207,9 +214,9 @@ def load_text_files(train: str, eval: str | None = None, text_column: str = "tex
     """Read the user's own train (and optional eval) file into classification or regression data."""
     train_path = _existing(train)
     train_rows = _rows(train_path, text_column, pair_column, label_column)
-    names = _label_names(train_rows, train_path)
+    notes: list[str] = []
+    names = _label_names(train_rows, train_path, notes)
     train_set = _examples(train_rows, names, train_path)
-    notes = []
     if eval is None:
         train_set, dev = _hold_out(train_set, seed)
         notes.append(f"no --eval given: held out 10% of {train_path} ({len(dev)} examples, seed {seed}) "
