@@ -91,7 +91,7 @@ def test_each_baseline_trains_the_mask_it_claims(reference):
 
 def test_interrupted_then_resumed_equals_uninterrupted_and_retrains_nothing_finished(toy, reference, tmp_path,
                                                                                        monkeypatch):
-    import lth.imp as imp
+    import lth.search as imp
 
     real, calls = imp.finetune, []
 

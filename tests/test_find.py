@@ -53,7 +53,7 @@ def test_rerun_resumes_without_training_and_extends(toy, tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a finished level was trained again")
 
-    monkeypatch.setattr("lth.imp.finetune", no_training)
+    monkeypatch.setattr("lth.search.finetune", no_training)
     again = lth.find(**settings(toy, tmp_path))
     assert again["levels"] == first["levels"] and again["run"] == first["run"]
     monkeypatch.undo()
@@ -183,7 +183,7 @@ def test_help_explains_every_flag(capsys):
 
 def test_a_matrix_pruned_away_is_reported(toy, tmp_path, capsys, monkeypatch):
     # Shrink one matrix of the rewind point so that global magnitude pruning removes all of it.
-    from lth import imp
+    from lth import search as imp
 
     original = imp._restore_or_save
 

@@ -125,7 +125,7 @@ def test_verdict_reports_a_damaged_mask_of_a_finished_run(reference, tmp_path, c
 
 
 def test_a_damaged_checkpoint_is_discarded_and_the_unit_starts_over(toy, reference, tmp_path, monkeypatch, capsys):
-    import lth.imp as imp
+    import lth.search as imp
 
     real = imp.finetune
 

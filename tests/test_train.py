@@ -4,7 +4,7 @@ import torch
 
 from lth import masks
 from lth.files import save_model
-from lth.imp import rewind
+from lth.search import rewind
 from lth.models import load_model, load_tokenizer, prunable_weights
 from lth.pruning import prune
 from lth.tasks.classify import encode

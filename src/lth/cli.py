@@ -19,9 +19,11 @@ def _flag_type(annotation: str):
     return str
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, cls=FindSettings) -> None:
+def add_settings_flags(parser: argparse.ArgumentParser, cls=FindSettings, skip: tuple = ()) -> None:
     """One flag per settings field; flags not given stay absent, so presets can fill them."""
     for f in fields(cls):
+        if f.name in skip:
+            continue
         default = f.default if f.default is not MISSING else f.default_factory()
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
         if str(f.type).startswith("list"):
@@ -62,14 +64,36 @@ def build_parser() -> argparse.ArgumentParser:
                            "with the winning sparsity under the paper's 1σ rule and the strict rule.")
     judge.add_argument("run", help="a run directory made by lth find (runs/<task>-<model>-<hash>)")
     judge.add_argument("--metric", help="the metric of the table (default: the task's primary metric)")
+    move = sub.add_parser("transfer", help="train a ticket found on one task on others, and judge it",
+                          description="Trains each source's mask on each --task from that task's θ0 with its "
+                          "recipe (the same flags as find), next to the task's full model and random masks of "
+                          "the same sparsity, with N seeds; prints each verdict and the matrix of sources x tasks. "
+                          "Transfers are branches of the task's run: rerunning resumes.")
+    move.add_argument("sources", nargs="+", metavar="SOURCE",
+                      help="a run directory made by lth find (choose its levels with --level or --sparsity), "
+                      "or a mask .safetensors file")
+    move.add_argument("--task", required=True, help="target task(s), comma-separated: GLUE names, squad, or "
+                      "your own .csv/.tsv/.jsonl file (as in find)")
+    move.add_argument("--level", help="the source runs' levels to transfer, e.g. 3 or 2,3")
+    move.add_argument("--sparsity", help="or sparsities: each picks the source level nearest to it, e.g. 0.5,0.7")
+    move.add_argument("--json", dest="json_path", help="also write the matrix to this JSON file")
+    add_settings_flags(move, skip=("task", "levels", "baselines", "max_sparsity"))
     return parser
 
 
 def cmd_find(args) -> None:
-    from .imp import find
+    from .search import find
 
     given = {k: v for k, v in vars(args).items() if k != "command"}
     find(find_settings(**given))
+
+
+def cmd_transfer(args) -> None:
+    from .transfers import transfer
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "sources", "task", "level", "sparsity",
+                                                             "json_path")}
+    transfer(args.sources, args.task, args.level, args.sparsity, args.json_path, **given)
 
 
 def cmd_prunable(args) -> None:
@@ -114,7 +138,7 @@ def cmd_verdict(args) -> None:
     print(format_verdict_table(results, info["metrics"], metric))
 
 
-COMMANDS = {"find": cmd_find, "prunable": cmd_prunable, "verdict": cmd_verdict}
+COMMANDS = {"find": cmd_find, "prunable": cmd_prunable, "verdict": cmd_verdict, "transfer": cmd_transfer}
 
 
 def main(argv: list[str] | None = None) -> int:

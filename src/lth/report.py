@@ -9,7 +9,8 @@ def _fmt(value: float | None) -> str:
 def level_line(record: dict) -> str:
     metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in record["metrics"].items())
     minutes, seconds = divmod(int(record["seconds"]), 60)
-    return f"level {record['level']:2d}  sparsity {record['sparsity']:6.1%}  {metrics}  ({minutes}m{seconds:02d}s)"
+    at = "" if record["level"] is None else f"level {record['level']:2d}  "
+    return f"{at}sparsity {record['sparsity']:6.1%}  {metrics}  ({minutes}m{seconds:02d}s)"
 
 
 def table(summary: dict) -> str:

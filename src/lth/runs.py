@@ -8,7 +8,7 @@ from .config import BASELINES
 from .files import DamagedFile, load_json, verify_tensors
 
 # What a finished unit records; checked whenever a metrics.json is read back.
-RECORD = {"level": int, "kind": str, "seed": int, "sparsity": (int, float), "metrics": dict}
+RECORD = {"level": (int, type(None)), "kind": str, "seed": int, "sparsity": (int, float), "metrics": dict}
 
 
 def level_dir(run_dir: Path, level: int) -> Path:
@@ -62,10 +62,8 @@ def collect_results(run: Path, search_seed: int, levels: list[int] | None = None
 
     The full model is level 0 of the search plus the other seeds' dense runs; each judged level has IMP
     (the search's own level plus its other seeds) and every baseline trained there. Only finished units count."""
-    trunk = {r["level"]: r for r in map(read_record, sorted(run.glob("level_*/metrics.json")))}
-    branches = [read_record(p) for p in sorted(run.glob("branches/*/seed_*/level_*/metrics.json"))]
-    full = [trunk[0]["metrics"]] if 0 in trunk else []
-    full += [r["metrics"] for r in branches if r["kind"] == "full" and r["seed"] != search_seed]
+    trunk, branches = _records(run)
+    full = _full(trunk, branches, search_seed)
     wanted = sorted(trunk.keys() - {0}) if levels is None else levels
     table: dict[str, dict[str, list]] = {}
     for level in wanted:
@@ -77,6 +75,52 @@ def collect_results(run: Path, search_seed: int, levels: list[int] | None = None
             if runs:
                 row.setdefault(kind, []).extend(runs)
     return {"full": full, "levels": table}
+
+
+def _records(run: Path) -> tuple[dict[int, dict], list[dict]]:
+    trunk = {r["level"]: r for r in map(read_record, sorted(run.glob("level_*/metrics.json")))}
+    return trunk, [read_record(p) for p in sorted(run.glob("branches/*/seed_*/level_*/metrics.json"))]
+
+
+def _full(trunk: dict[int, dict], branches: list[dict], search_seed: int) -> list[dict]:
+    full = [trunk[0]["metrics"]] if 0 in trunk else []
+    return full + [r["metrics"] for r in branches if r["kind"] == "full" and r["seed"] != search_seed]
+
+
+def transfer_dir(run: Path, fingerprint: str) -> Path:
+    return run / "branches" / "transfer" / fingerprint
+
+
+def random_dir(run: Path, seed: int, level: int | None, sparsity: float) -> Path:
+    """A random mask's unit: the level's own when the sparsity is a level of the run, else one at the sparsity."""
+    if level is not None:
+        return branch_dir(run, "random-prune", seed, level)
+    return run / "branches" / "random-prune" / f"seed_{seed}" / f"at_{sparsity:.6f}"
+
+
+SOURCE = {"sparsity": float, "sources": list, "seeds": list}
+
+
+def collect_transfers(run: Path, search_seed: int) -> dict[str, dict]:
+    """Per transferred mask (by fingerprint): where it came from, and the verdict's table at its sparsity, with
+    the transfer as the judged column, the run's own ticket at that sparsity (when the search has it) and
+    random masks of the same sparsity."""
+    trunk, branches = _records(run)
+    full, found = _full(trunk, branches, search_seed), {}
+    for info_path in sorted(run.glob("branches/transfer/*/source.json")):
+        info = load_json(info_path, SOURCE)
+        level, sparsity = info.get("level"), info["sparsity"]
+        runs = [read_record(p)["metrics"] for p in sorted(info_path.parent.glob("seed_*/metrics.json"))]
+        row: dict[str, list] = {"imp": runs}
+        if level is not None and level in trunk:
+            row["own-ticket"] = [trunk[level]["metrics"]] + [
+                r["metrics"] for r in branches if r["kind"] == "imp" and r["level"] == level]
+        randoms = [random_dir(run, seed, level, sparsity) / "metrics.json" for seed in info["seeds"]]
+        row["random-prune"] = [read_record(p)["metrics"] for p in randoms if p.exists()]
+        found[info_path.parent.name] = {"sources": info["sources"], "sparsity": sparsity, "level": level,
+                                        "notes": info.get("notes", []),
+                                        "table": {"full": full, "levels": {f"{sparsity:.6f}": row}}}
+    return found
 
 
 def judged_on_disk(run: Path) -> set[int]:

@@ -189,11 +189,13 @@ def _baselines(table: dict) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def format_verdict_table(table: dict, metrics: list[str], primary: str) -> str:
-    """A fixed-width text table like the paper's, on `primary`, with winning rows marked and the verdict below."""
+def format_verdict_table(table: dict, metrics: list[str], primary: str, judged: str = "imp") -> str:
+    """A fixed-width text table like the paper's, on `primary`, with winning rows marked and the verdict below.
+
+    `judged` names the column of the ticket being judged (a transfer's table judges the transferred mask)."""
     full = _full(table, primary)
     baselines = _baselines(table)
-    rows = [["sparsity", "imp", "win", *baselines]]
+    rows = [["sparsity", judged, "win", *baselines]]
     for sparsity, entry in _levels(table):
         stats = {name: summarize(runs).get(primary) for name, runs in entry.items()}
         rows.append([pct(sparsity), _cell(stats.get("imp")), _mark(table, primary, sparsity),
@@ -203,7 +205,7 @@ def format_verdict_table(table: dict, metrics: list[str], primary: str) -> str:
     result = verdict(table, metrics, primary)
     lines = [f"{primary} ({result['direction'][primary]} is better); full model: {_cell(full)} over "
              f"{full['n']} seed{'s' if full['n'] != 1 else ''}", "", *_aligned(rows), "",
-             f"*  wins within 1σ (imp mean {op} full mean {sign} std)    ** wins strictly (imp mean {op} full mean)"]
+             f"*  wins within 1σ ({judged} mean {op} full mean {sign} std)    ** wins strictly ({judged} mean {op} full mean)"]
     order = [primary, *(m for m in result["winning"] if m != primary)]
     for rule, label in (("1sigma", "within 1σ"), ("strict", "strict")):
         found = [f"{m} {'none' if s is None else pct(s)}" for m in order for s in [result["winning"][m][rule]]]

@@ -1,42 +1,59 @@
-"""The ticket search: iterative magnitude pruning with rewinding, and the seeds and baselines that judge it.
+"""The ticket search: iterative magnitude pruning with rewinding, and every unit that hangs off it.
 
-Everything is a unit of work with a folder on disk; a unit is done when its metrics.json exists."""
+A run is opened once (task, model, θ0, settings.json), then any list of units is trained through the same
+rewind -> finetune -> evaluate -> metrics.json path; which mask and which starting weights a unit takes is
+the table in `branches.py`."""
 from __future__ import annotations
 
 import os
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from . import masks
-from .baselines import oneshot_mask, random_mask, reinitialize_
+from .baselines import reinitialize_
+from .branches import CHAIN, INIT, KINDS, REINIT, keeps_final, planned_units, previous_final
 from .config import FindSettings, find_settings
 from .errors import LthError
-from .files import (CHECKSUM, DamagedFile, load_into, load_json, load_tensors, save_json, save_model, sweep,
-                    verify_tensors)
+from .files import CHECKSUM, DamagedFile, load_into, load_json, save_json, save_model, sweep, verify_tensors
 from .metrics import undefined_note
 from .models import check_max_length, load_tokenizer, prunable_weights
 from .pruning import planned_levels, prune, sparsity_at
 from .report import level_line, table
-from .runs import Claim, branch_dir, check_run, collect_results, judged_on_disk, level_dir, read_record
+from .runs import branch_dir, check_run, collect_results, collect_transfers, judged_on_disk, level_dir, read_record
 from .tasks import load_task
 from .tasks.classify import ClassificationTask
 from .tasks.mlm import MaskedLMTask
 from .tasks.squad import SquadTask
 from .train import Recipe, finetune, predict
 from .verdict import format_verdict_table, verdict
+from .work import Unit, say, unique, work
 
 
 def find(settings: FindSettings | None = None, **overrides) -> dict:
     """Run (or resume) a ticket search, and its seeds and baselines when asked for.
 
     Returns the summary also written to the run's summary.json. Several processes given the same settings
-    share the work: each trains what nobody else is training (see `Search.work`)."""
-    s = settings or find_settings(**overrides)
+    share the work: each trains what nobody else is training (see `work.work`)."""
+    search = open_search(settings or find_settings(**overrides))
+    search.work(planned_units(search))
+    summary = search.write_summary()
+    print(table(summary))
+    if "verdict" in summary and (len(search.seeds) > 1 or search.baselines):
+        print()
+        print(format_verdict_table(summary["results"], search.task.metric_names, search.task.primary))
+    print(f"run directory: {search.run}")
+    return summary
+
+
+def open_search(s: FindSettings, judging: bool = True) -> "Search":
+    """Load the task and the model, find or create the run directory, and restore θ0.
+
+    Everything that can be refused is checked before a file is written. `judging`: this call chooses the
+    levels that get seeds and baselines (a transfer leaves the search's own choice as it was)."""
     torch.set_num_threads(s.threads or os.cpu_count() or 1)
     task = build_task(s)
     tokenizer = load_tokenizer(s.model)
@@ -48,7 +65,7 @@ def find(settings: FindSettings | None = None, **overrides) -> dict:
     weights = prunable_weights(model, s.include, s.exclude)
     for note in task.notes:
         say(f"note: {note}")
-    search = Search(s, task, tokenizer, model, weights, run)  # checks everything before a file is written
+    search = Search(s, task, tokenizer, model, weights, run)
     previous = _previous_settings(run, data)
     _note_other_data(run, s, data)
     for leftover in sweep(run) if run.exists() else []:
@@ -56,21 +73,14 @@ def find(settings: FindSettings | None = None, **overrides) -> dict:
     init = _restore_or_save(model, run / "init.safetensors", previous.get("init_sha256"))
     check_run(run)
     search.mask(0)  # the all-ones mask: written now if it is missing (a fresh run, or deleted as damaged)
+    judged = search.judged if judging else previous.get("judged_levels", [])
     save_json({"settings": s.to_dict(), "sizes": task.sizes(), "notes": task.notes, "primary": task.primary,
-               "metrics": task.metric_names, "judged_levels": search.judged, "data_fingerprint": data,
+               "metrics": task.metric_names, "judged_levels": judged, "data_fingerprint": data,
                "settings_digest": s.digest(data=""), "init_sha256": init}, run / "settings.json")
     total = sum(w.numel() for w in weights.values())
     say(f"model {s.model}: {len(weights)} prunable matrices, {total:,} weights "
         f"of {sum(p.numel() for p in model.parameters()):,} parameters")
-    search.work(search.units())
-    summary = search.summary()
-    save_json(summary, run / "summary.json")
-    print(table(summary))
-    if "verdict" in summary and (len(search.seeds) > 1 or search.baselines):
-        print()
-        print(format_verdict_table(summary["results"], task.metric_names, task.primary))
-    print(f"run directory: {run}")
-    return summary
+    return search
 
 
 SETTINGS_RECORD = {"settings": dict, "primary": str, "metrics": list}
@@ -114,33 +124,8 @@ def build_task(s: FindSettings):
     return ClassificationTask(data)
 
 
-@dataclass
-class Unit:
-    """One model to train and evaluate: a level of the search itself ("trunk"), or a seed or baseline of a level.
-
-    Done when where/metrics.json exists; ready to start when every file in `needs` exists."""
-
-    kind: str
-    level: int
-    seed: int
-    where: Path
-    needs: tuple[Path, ...] = ()
-
-    @property
-    def done(self) -> bool:
-        return (self.where / "metrics.json").exists()
-
-    def ready(self) -> bool:
-        return all(p.exists() for p in self.needs)
-
-    def __str__(self) -> str:
-        return f"level {self.level} {self.kind} seed {self.seed}"
-
-
 class Search:
-    """One run on disk: the IMP levels (level_NN/) and their branches (branches/<kind>/seed_S/level_NN/).
-
-    Every unit goes through the same rewind -> finetune -> evaluate -> metrics.json path."""
+    """One run on disk: the IMP levels (level_NN/) and their branches (branches/<kind>/...)."""
 
     def __init__(self, s: FindSettings, task, tokenizer, model, weights, run: Path):
         self.s, self.task, self.model, self.weights, self.run = s, task, model, weights, run
@@ -164,159 +149,64 @@ class Search:
                        if 0 < level < len(self.plan)]
         self.seeds, self.baselines = s.seed_list(), s.baseline_names()
 
-    # -- what to train ---------------------------------------------------------------------------------
-    def units(self) -> list[Unit]:
-        """Every unit of the run, in an order where each one's inputs come from units before it.
+    def unit(self, kind: str, level: int | None, seed: int, where: Path, needs: tuple = (), **kw) -> Unit:
+        """A unit; one that starts from a later rewind point also waits for level 0 to have saved it."""
+        if KINDS[kind].start not in (INIT, REINIT, CHAIN) and level != 0 and self.s.rewind_step:
+            needs = (*needs, self.run / self.rewind_file())
+        return Unit(kind, level, seed, where, needs, **kw)
 
-        The search's own levels come first: they are the critical path when several processes share a run."""
-        first, others = self.seeds[0], self.seeds[1:]
-        units = [Unit("trunk", level, first, level_dir(self.run, level),
-                      (level_dir(self.run, level - 1) / "metrics.json",) if level else ())
-                 for level in range(len(self.plan))]
-        units += [Unit("full", 0, seed, branch_dir(self.run, "full", seed, 0)) for seed in others]
-        standard = "standard" in self.baselines
-        if standard:
-            units += [Unit("standard", 0, seed, branch_dir(self.run, "standard", seed, 0))
-                      for seed in self.seeds
-                      if self._dense_final(seed).parent == branch_dir(self.run, "standard", seed, 0)]
-        # Kind by kind over all judged levels: an interrupted run has whole columns of the verdict table.
-        units += [Unit("imp", level, seed, branch_dir(self.run, "imp", seed, level), self._trunk_mask(level))
-                  for level in self.judged for seed in others]
-        for kind in self.baselines:
-            if kind != "standard":
-                units += [Unit(kind, level, seed, branch_dir(self.run, kind, seed, level),
-                               self._trunk_mask(level) if kind == "random-reinit" else ())
-                          for level in self.judged for seed in self.seeds]
-        if standard:  # a chain per seed: every level up to the highest judged one, judged or not
-            for level in range(1, max(self.judged, default=0) + 1):
-                units += [Unit("standard", level, seed, branch_dir(self.run, "standard", seed, level),
-                               (self._previous_final(seed, level),)) for seed in self.seeds]
-        return units
-
-    def _trunk_mask(self, level: int) -> tuple[Path]:
-        return (level_dir(self.run, level) / "mask.safetensors",)
-
-    def _dense_final(self, seed: int) -> Path:
-        """The fine-tuned dense weights that seed's standard-pruning chain starts from.
-
-        They are saved by the dense run of that seed; a dense run finished before standard pruning was
-        asked for did not keep them, and is trained again under branches/standard/seed_S/level_00."""
-        dense = level_dir(self.run, 0) if seed == self.seeds[0] else branch_dir(self.run, "full", seed, 0)
-        if (dense / "metrics.json").exists() and not (dense / "final.safetensors").exists():
-            dense = branch_dir(self.run, "standard", seed, 0)
-        return dense / "final.safetensors"
-
-    def _previous_final(self, seed: int, level: int) -> Path:
-        if level == 1:
-            return self._dense_final(seed)
-        return branch_dir(self.run, "standard", seed, level - 1) / "final.safetensors"
+    def dense_units(self) -> list[Unit]:
+        """The full model with every seed: the search's own level 0, then the other seeds' dense runs."""
+        first = [self.unit("trunk", 0, self.seeds[0], level_dir(self.run, 0))]
+        return first + [self.unit("full", 0, seed, branch_dir(self.run, "full", seed, 0)) for seed in self.seeds[1:]]
 
     def work(self, units: list[Unit], poll_seconds: float = 10.0) -> None:
-        """Train every unit not done yet. A unit another process is training is left to it; when nothing
-        can start, wait for the others. A finished unit is never trained again."""
-        said = None
-        while todo := [u for u in units if not u.done]:
-            for unit in todo:
-                claim = Claim(unit.where)
-                if unit.ready() and claim.acquire():
-                    try:
-                        if not unit.done:  # finished by another process between the check and the claim
-                            sweep(unit.where)  # what a killed writer of this unit left (we hold its claim)
-                            say(f"{unit}: training ({len(units) - len(todo)} of {len(units)} units done)")
-                            self.run_unit(unit)
-                    finally:
-                        claim.release()
-                    break
-            else:
-                busy = [u for u in todo if Claim(u.where).held_elsewhere()]
-                if not busy and any(u.ready() and not u.done for u in todo):
-                    continue  # another process finished what these waited for since we looked: look again
-                if not busy:
-                    missing = [str(p) for u in todo for p in u.needs if not p.exists()]
-                    raise LthError(f"cannot start {todo[0]}: {missing[0] if missing else 'its input'} is missing "
-                                   "and nothing will produce it; delete that unit's folder and rerun")
-                if said != str(busy[0]):
-                    said = str(busy[0])
-                    say(f"waiting for another lth process ({said} and {len(busy) - 1} more)")
-                time.sleep(poll_seconds)
+        work(unique(units), self.run_unit, poll_seconds)
 
-    # -- how to train it ---------------------------------------------------------------------------------
+    # -- how a unit is trained -------------------------------------------------------------------------
     def run_unit(self, unit: Unit) -> None:
         started = time.monotonic()
-        level, where = unit.level, unit.where
-        mask = self.unit_mask(unit)
-        rewind(self.model, self._start_point(unit), mask, self.weights)
-        if unit.kind == "random-reinit":
+        mask = KINDS[unit.kind].mask(self, unit)
+        point, first_step = self.start(unit)
+        rewind(self.model, point, mask, self.weights)
+        if KINDS[unit.kind].start == REINIT:
             reinitialize_(self.model, unit.seed)
             masks.apply_(self.weights, mask)
-        on_step = self._rewind_hook() if unit.kind == "trunk" and level == 0 else None
+        on_step = self._rewind_hook() if unit.kind == "trunk" and unit.level == 0 else None
         losses = finetune(self.model, mask, self.train, replace(self.recipe, seed=unit.seed), self.pad_id,
-                 where / "checkpoint.pt", start_step=self._first_step(unit),
-                 desc=f"{unit} train", on_step=on_step, prepare=getattr(self.task, "prepare", None),
-                 forward=getattr(self.task, "forward", None))
+                          unit.where / "checkpoint.pt", start_step=first_step, desc=f"{unit} train",
+                          on_step=on_step, prepare=getattr(self.task, "prepare", None),
+                          forward=getattr(self.task, "forward", None))
         metrics = self.evaluate(str(unit))
         if unit.kind == "trunk":
-            self.save_next_mask(level, mask)
-        if self._keeps_final(unit):
-            save_model(self.model, where / "final.safetensors")
-        save_json({"step_losses": [round(x, 6) for x in losses], "first_step": self._first_step(unit)},
-                  where / "train_loss.json")
-        record = {"level": level, "kind": unit.kind, "seed": unit.seed, "sparsity": masks.sparsity(mask),
-                  "metrics": metrics, "seconds": round(time.monotonic() - started, 1)}
+            self.save_next_mask(unit.level, mask)
+        if keeps_final(self, unit):
+            save_model(self.model, unit.where / "final.safetensors")
+        self._record(unit, mask, metrics, losses, first_step, time.monotonic() - started)
+        if unit.kind == "standard" and unit.level > 1:  # the chain has moved on: drop the weights it came from
+            previous_final(self, unit.seed, unit.level).unlink(missing_ok=True)
+
+    def start(self, unit: Unit) -> tuple[Path, int]:
+        """The weights a unit starts from and its first step: tickets and the masks that compete with them
+        start from the rewind point; dense runs, re-initialised weights and standard pruning at step 0."""
+        start = KINDS[unit.kind].start
+        if start == CHAIN and unit.level > 0:
+            return previous_final(self, unit.seed, unit.level), 0
+        if start in (INIT, REINIT, CHAIN) or unit.level == 0:
+            return self.run / "init.safetensors", 0
+        return self.run / self.rewind_file(), self.s.rewind_step
+
+    def _record(self, unit: Unit, mask, metrics: dict, losses: list[float], first_step: int, seconds: float) -> None:
+        save_json({"step_losses": [round(x, 6) for x in losses], "first_step": first_step},
+                  unit.where / "train_loss.json")
+        record = {"level": unit.level, "kind": unit.kind, "seed": unit.seed, "sparsity": masks.sparsity(mask),
+                  "metrics": metrics, "seconds": round(seconds, 1)}
         if note := undefined_note(metrics):
             record["notes"] = [note]
             say(f"{unit}: note: {note}")
-        save_json(record, where / "metrics.json")
-        (where / "checkpoint.pt").unlink(missing_ok=True)  # hundreds of MB, no longer needed
-        if unit.kind == "standard" and level > 1:  # the chain has moved on: drop the weights it came from
-            self._previous_final(unit.seed, level).unlink(missing_ok=True)
+        save_json(record, unit.where / "metrics.json")
+        (unit.where / "checkpoint.pt").unlink(missing_ok=True)  # hundreds of MB, no longer needed
         say(level_line(record) if unit.kind == "trunk" else f"{unit.kind} seed {unit.seed}: {level_line(record)}")
-
-    def _first_step(self, unit: Unit) -> int:
-        return self.s.rewind_step if self._rewound(unit) else 0
-
-    @staticmethod
-    def _rewound(unit: Unit) -> bool:
-        """Tickets and the masks that compete with them start from the rewind point; the dense runs, the
-        re-initialised weights and standard pruning's fresh schedule start at step 0."""
-        return unit.kind in ("trunk", "imp", "random-prune", "oneshot") and unit.level > 0
-
-    def _start_point(self, unit: Unit) -> Path:
-        if unit.kind == "standard" and unit.level > 0:
-            return self._previous_final(unit.seed, unit.level)
-        return self.run / (self.rewind_file() if self._rewound(unit) else "init.safetensors")
-
-    def unit_mask(self, unit: Unit) -> masks.Mask:
-        """The mask a unit trains: the search's own, a random one, or magnitudes of the weights it ranks."""
-        level, target = unit.level, sparsity_at(unit.level, self.s.schedule, self.s.rate)
-        if level == 0:
-            return self.mask(0)
-        if unit.kind in ("trunk", "imp", "random-reinit"):
-            return self.mask(level)
-        if unit.kind == "random-prune":
-            return random_mask(self.weights, target, unit.seed)
-        if unit.kind == "oneshot":
-            return oneshot_mask(self._stored(self.run / "init.safetensors"), target, self.s.strategy)
-        path = unit.where / "mask.safetensors"  # standard: magnitudes of the previous level's trained weights
-        if not path.exists():
-            before = self.mask(0) if level == 1 else masks.load(
-                branch_dir(self.run, "standard", unit.seed, level - 1) / "mask.safetensors")
-            trained = self._stored(self._previous_final(unit.seed, level))
-            masks.save(prune(self.s.strategy, trained, before, target), path,
-                       {"level": level, "model": self.s.model, "strategy": self.s.strategy, "kind": "standard"})
-        return masks.load(path)
-
-    def _stored(self, path: Path) -> dict[str, torch.Tensor]:
-        """The prunable weights as saved in a weights file."""
-        saved, _ = load_tensors(path)
-        return {name: saved[name] for name in self.weights}
-
-    def _keeps_final(self, unit: Unit) -> bool:
-        if "standard" not in self.baselines:
-            return False
-        if unit.level == 0:
-            return self._dense_final(unit.seed).parent == unit.where
-        return unit.kind == "standard" and unit.level < max(self.judged, default=0)
 
     def mask(self, level: int) -> masks.Mask:
         path = level_dir(self.run, level) / "mask.safetensors"
@@ -361,6 +251,7 @@ class Search:
         return save_rewind_point
 
     def summary(self) -> dict:
+        """Everything finished on disk: the levels, the verdict of seeds and baselines, and the transfers."""
         levels = [read_record(p) for p in sorted(self.run.glob("level_*/metrics.json"))]
         summary = {"run": str(self.run), "task": self.task.name, "model": self.s.model,
                    "primary": self.task.primary, "metrics": self.task.metric_names,
@@ -372,6 +263,16 @@ class Search:
         if results["full"]:
             summary["results"] = results
             summary["verdict"] = verdict(results, self.task.metric_names, self.task.primary)
+        transfers = collect_transfers(self.run, self.seeds[0])
+        if transfers and results["full"]:
+            for entry in transfers.values():
+                entry["verdict"] = verdict(entry["table"], self.task.metric_names, self.task.primary)
+            summary["transfers"] = transfers
+        return summary
+
+    def write_summary(self) -> dict:
+        summary = self.summary()
+        save_json(summary, self.run / "summary.json")
         return summary
 
 
@@ -406,7 +307,3 @@ def _restore_or_save(model, path: Path, recorded: str | None) -> str | None:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(text).stem)[:40]
-
-
-def say(line: str) -> None:
-    tqdm.write(line)
