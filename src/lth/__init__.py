@@ -19,5 +19,29 @@ def transfer(sources: list[str] | str, task: str, level: str | int | None = None
     return _transfer(sources, task, level, sparsity, json_path, **flags)
 
 
-__all__ = ["FindSettings", "LthError", "find", "transfer"]
+def export(run: str, to: str, level: int | None = None, sparsity: float | None = None, fp16: bool = False,
+           onnx: bool = False) -> dict:
+    """Write a level's ticket, trained model and compact model (as `lth export`); returns ticket.json's content."""
+    from .exports import export as _export
+
+    return _export(run, to, level, sparsity, fp16, onnx)
+
+
+def apply_ticket(model, path: str, check_base: bool = True):
+    """Zero the weights a ticket prunes in a Hugging Face model (checks it is the ticket's base); returns the mask."""
+    from .tickets import apply_ticket as _apply
+
+    return _apply(model, path, check_base)
+
+
+def load_compact(path: str, dtype=None):
+    """The trained ticket stored in an export's compact/ folder, as a Hugging Face model."""
+    import torch
+
+    from .tickets import load_compact as _load
+
+    return _load(path, dtype or torch.float32)
+
+
+__all__ = ["FindSettings", "LthError", "apply_ticket", "export", "find", "load_compact", "transfer"]
 __version__ = "0.1.0"

@@ -78,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     move.add_argument("--sparsity", help="or sparsities: each picks the source level nearest to it, e.g. 0.5,0.7")
     move.add_argument("--json", dest="json_path", help="also write the matrix to this JSON file")
     add_settings_flags(move, skip=("task", "levels", "baselines", "max_sparsity"))
+    ship = sub.add_parser("export", help="write a level's ticket, trained model, compact model (and ONNX)",
+                          description="Writes ticket.safetensors (the mask, one bit a weight, with its base model's "
+                          "fingerprint), model/ (a plain Hugging Face folder), compact/ (only the surviving weights) "
+                          "and ticket.json; the level is trained again from the run to get its weights.")
+    ship.add_argument("run", help="a run directory made by lth find")
+    ship.add_argument("--level", type=int, help="the level to export")
+    ship.add_argument("--sparsity", type=float, help="or the finished level nearest to this sparsity")
+    ship.add_argument("--to", required=True, help="the folder to write")
+    ship.add_argument("--fp16", action="store_true", help="store the compact model in fp16 (half the size)")
+    ship.add_argument("--onnx", action="store_true", help="also write model.onnx, checked with ONNX Runtime")
+    ship.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    look = sub.add_parser("inspect", help="what an artifact is, and its density per layer",
+                          description="Describes an export folder, ticket.safetensors, a compact model, a model "
+                          "folder, model.onnx, a run's mask.safetensors or a run directory.")
+    look.add_argument("path")
     return parser
 
 
@@ -138,7 +153,20 @@ def cmd_verdict(args) -> None:
     print(format_verdict_table(results, info["metrics"], metric))
 
 
-COMMANDS = {"find": cmd_find, "prunable": cmd_prunable, "verdict": cmd_verdict, "transfer": cmd_transfer}
+def cmd_export(args) -> None:
+    from .exports import export
+
+    export(args.run, args.to, args.level, args.sparsity, args.fp16, args.onnx, args.threads)
+
+
+def cmd_inspect(args) -> None:
+    from .inspection import inspect
+
+    print(inspect(args.path))
+
+
+COMMANDS = {"find": cmd_find, "prunable": cmd_prunable, "verdict": cmd_verdict, "transfer": cmd_transfer,
+            "export": cmd_export, "inspect": cmd_inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,6 +95,8 @@ def prunable_weights(model: nn.Module, include: list[str] = (), exclude: list[st
     """Weights of the encoder's linear layers (pooler included, embeddings and the task head not),
     plus any parameter matching an `include` regex, minus any matching an `exclude` regex."""
     base = getattr(model, "base_model_prefix", "")
+    if getattr(model, "base_model", None) is model:  # a bare encoder (AutoModel): all of it is the encoder
+        base = ""
     by_rule = set()
     for module_name, module in model.named_modules():
         inside_encoder = module_name.startswith(base + ".") if base else True

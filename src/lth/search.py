@@ -129,6 +129,7 @@ class Search:
 
     def __init__(self, s: FindSettings, task, tokenizer, model, weights, run: Path):
         self.s, self.task, self.model, self.weights, self.run = s, task, model, weights, run
+        self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id or 0
         self.recipe = Recipe(batch_size=s.batch_size, lr=s.lr, epochs=s.epochs, weight_decay=s.weight_decay,
                              warmup=s.warmup, seed=s.seed, bf16=s.precision == "bf16",
@@ -228,10 +229,11 @@ class Search:
             masks.save(new, level_dir(self.run, level + 1) / "mask.safetensors",
                        {"level": level + 1, "model": self.s.model, "strategy": self.s.strategy})
 
-    def evaluate(self, name: str) -> dict[str, float]:
+    def evaluate(self, name: str, model=None) -> dict[str, float]:
+        """The task's metrics of `model` (the search's own by default) on every evaluation split."""
         metrics = {}
         for split, feats in self.evals.items():
-            outputs = predict(self.model, feats, self.pad_id, self.s.eval_batch_size, self.recipe.bf16,
+            outputs = predict(model or self.model, feats, self.pad_id, self.s.eval_batch_size, self.recipe.bf16,
                               self.task.collect, desc=f"{name} eval {split}",
                               forward=getattr(self.task, "forward", None))
             metrics.update(self.task.score(split, outputs))
