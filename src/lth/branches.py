@@ -27,7 +27,7 @@ from .runs import branch_dir, level_dir
 from .work import Unit
 
 if TYPE_CHECKING:
-    from .search import Search
+    from .search import Plan, Search
 
 REWIND, INIT, REINIT, CHAIN = "rewind", "init", "reinit", "chain"
 
@@ -101,7 +101,7 @@ def stored(search: "Search", path: Path) -> dict:
 
 # -- standard pruning: a chain per seed, each level starting from the previous level's trained weights ------
 
-def dense_final(search: "Search", seed: int) -> Path:
+def dense_final(search: "Plan", seed: int) -> Path:
     """The fine-tuned dense weights that seed's standard-pruning chain starts from.
 
     They are saved by the dense run of that seed; a dense run finished before standard pruning was
@@ -113,13 +113,13 @@ def dense_final(search: "Search", seed: int) -> Path:
     return dense_dir / "final.safetensors"
 
 
-def previous_final(search: "Search", seed: int, level: int) -> Path:
+def previous_final(search: "Plan", seed: int, level: int) -> Path:
     if level == 1:
         return dense_final(search, seed)
     return branch_dir(search.run, "standard", seed, level - 1) / "final.safetensors"
 
 
-def keeps_final(search: "Search", unit: Unit) -> bool:
+def keeps_final(search: "Plan", unit: Unit) -> bool:
     """Whether a unit's trained weights are kept: the start of a standard-pruning chain's next level."""
     if "standard" not in search.baselines or unit.level is None:
         return False
@@ -130,7 +130,7 @@ def keeps_final(search: "Search", unit: Unit) -> bool:
 
 # -- the units a search plans ---------------------------------------------------------------------------
 
-def planned_units(search: "Search") -> list[Unit]:
+def planned_units(search: "Plan") -> list[Unit]:
     """Every unit of the search and its seeds and baselines, in an order where each one's inputs come from
     units before it. The search's own levels come first: they are the critical path when processes share a run."""
     run, first, others = search.run, search.seeds[0], search.seeds[1:]

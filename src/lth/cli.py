@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Describes an export folder, ticket.safetensors, a compact model, a model "
                           "folder, model.onnx, a run's mask.safetensors or a run directory.")
     look.add_argument("path")
+    show = sub.add_parser("report", help="one self-contained HTML page of runs, verdicts and transfers",
+                          description="Writes TO/index.html (opens offline, figures inline) with, per run: the "
+                          "recipe, metric against sparsity, the verdict, density per layer, mask overlaps, "
+                          "transfers and training losses; and TO/figures (SVG, PNG) and TO/tables (CSV, LaTeX).")
+    show.add_argument("runs", nargs="+", metavar="RUN", help="run directories made by lth find")
+    show.add_argument("--to", required=True, help="the folder to write")
     return parser
 
 
@@ -165,8 +171,14 @@ def cmd_inspect(args) -> None:
     print(inspect(args.path))
 
 
+def cmd_report(args) -> None:
+    from .reporting import report
+
+    print(f"report written to {report(args.runs, args.to)}")
+
+
 COMMANDS = {"find": cmd_find, "prunable": cmd_prunable, "verdict": cmd_verdict, "transfer": cmd_transfer,
-            "export": cmd_export, "inspect": cmd_inspect}
+            "export": cmd_export, "inspect": cmd_inspect, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

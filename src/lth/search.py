@@ -124,21 +124,12 @@ def build_task(s: FindSettings):
     return ClassificationTask(data)
 
 
-class Search:
-    """One run on disk: the IMP levels (level_NN/) and their branches (branches/<kind>/...)."""
+class Plan:
+    """What a run is meant to hold, from its settings alone: its levels, judged levels, seeds, baselines and
+    their units (a report reads it without loading the model)."""
 
-    def __init__(self, s: FindSettings, task, tokenizer, model, weights, run: Path):
-        self.s, self.task, self.model, self.weights, self.run = s, task, model, weights, run
-        self.tokenizer = tokenizer
-        self.pad_id = tokenizer.pad_token_id or 0
-        self.recipe = Recipe(batch_size=s.batch_size, lr=s.lr, epochs=s.epochs, weight_decay=s.weight_decay,
-                             warmup=s.warmup, seed=s.seed, bf16=s.precision == "bf16",
-                             checkpoint_minutes=s.checkpoint_minutes, steps=s.steps)
-        self.train = task.train_features(tokenizer, s.max_length)
-        self.evals = task.eval_features(tokenizer, s.max_length)
-        if s.rewind_step >= self.recipe.total_steps(len(self.train)):
-            raise LthError(f"--rewind-step {s.rewind_step} is not inside level 0's "
-                           f"{self.recipe.total_steps(len(self.train))} training steps; choose a smaller step")
+    def __init__(self, s: FindSettings, run: Path):
+        self.s, self.run = s, run
         chosen = s.chosen_levels()
         self.plan = planned_levels(s.schedule, s.rate, s.max_sparsity, max(chosen) if chosen else None)
         beyond = [level for level in chosen or [] if level >= len(self.plan)]
@@ -160,6 +151,27 @@ class Search:
         """The full model with every seed: the search's own level 0, then the other seeds' dense runs."""
         first = [self.unit("trunk", 0, self.seeds[0], level_dir(self.run, 0))]
         return first + [self.unit("full", 0, seed, branch_dir(self.run, "full", seed, 0)) for seed in self.seeds[1:]]
+
+    def rewind_file(self) -> str:
+        return "init.safetensors" if self.s.rewind_step == 0 else f"rewind_step_{self.s.rewind_step}.safetensors"
+
+
+class Search(Plan):
+    """One run on disk with its task and model loaded: trains the IMP levels (level_NN/) and their branches
+    (branches/<kind>/...)."""
+
+    def __init__(self, s: FindSettings, task, tokenizer, model, weights, run: Path):
+        super().__init__(s, run)
+        self.task, self.model, self.weights, self.tokenizer = task, model, weights, tokenizer
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.recipe = Recipe(batch_size=s.batch_size, lr=s.lr, epochs=s.epochs, weight_decay=s.weight_decay,
+                             warmup=s.warmup, seed=s.seed, bf16=s.precision == "bf16",
+                             checkpoint_minutes=s.checkpoint_minutes, steps=s.steps)
+        self.train = task.train_features(tokenizer, s.max_length)
+        self.evals = task.eval_features(tokenizer, s.max_length)
+        if s.rewind_step >= self.recipe.total_steps(len(self.train)):
+            raise LthError(f"--rewind-step {s.rewind_step} is not inside level 0's "
+                           f"{self.recipe.total_steps(len(self.train))} training steps; choose a smaller step")
 
     def work(self, units: list[Unit], poll_seconds: float = 10.0) -> None:
         work(unique(units), self.run_unit, poll_seconds)
@@ -238,9 +250,6 @@ class Search:
                               forward=getattr(self.task, "forward", None))
             metrics.update(self.task.score(split, outputs))
         return metrics
-
-    def rewind_file(self) -> str:
-        return "init.safetensors" if self.s.rewind_step == 0 else f"rewind_step_{self.s.rewind_step}.safetensors"
 
     def _rewind_hook(self):
         if self.s.rewind_step == 0:

@@ -203,14 +203,22 @@ def density_map(mask: masks.Mask) -> dict[str, dict[str, float]]:
     return rows
 
 
+def matrix_types(rows: dict[str, dict[str, float]]) -> list[str]:
+    """The matrix names inside a layer, in BERT's order (query, key, value, attention output, FFN in, FFN out)."""
+    order = ("query", "key", "value", "attention.output", "intermediate", "output")
+    rank = lambda c: next((i for i, part in enumerate(order) if part in c), len(order))  # noqa: E731
+    return sorted(dict.fromkeys(c for row in rows.values() for c in row if c), key=lambda c: (rank(c), c))
+
+
+def short_column(name: str) -> str:
+    return (name.replace("attention.self.", "").replace("attention.output.dense", "attn-out")
+            .replace("intermediate.dense", "ffn-in").replace("output.dense", "ffn-out"))
+
+
 def format_density(mask: masks.Mask) -> str:
     rows = density_map(mask)
-    order = ("query", "key", "value", "attention.output", "intermediate", "output")  # BERT's order; others after
-    rank = lambda c: next((i for i, part in enumerate(order) if part in c), len(order))
-    columns = sorted(dict.fromkeys(c for row in rows.values() for c in row if c), key=lambda c: (rank(c), c))
-    short = [c.replace("attention.self.", "").replace("attention.output.dense", "attn-out")
-             .replace("intermediate.dense", "ffn-in").replace("output.dense", "ffn-out") for c in columns]
-    lines = [["layer", *short]]
+    columns = matrix_types(rows)
+    lines = [["layer", *map(short_column, columns)]]
     for row, cells in rows.items():
         if "" in cells:
             lines.append([row, f"{cells['']:.1%}"] + [""] * (len(columns) - 1))

@@ -164,7 +164,7 @@ def verdict(table: dict, metrics: list[str], primary: str) -> dict:
             "gaps": gaps(table, primary), "notes": _notes(table, primary, winning)}
 
 
-def _cell(stats: dict | None) -> str:
+def mean_std(stats: dict | None) -> str:
     if stats is None:
         return "-"
     if stats["mean"] is None:
@@ -198,12 +198,12 @@ def format_verdict_table(table: dict, metrics: list[str], primary: str, judged: 
     rows = [["sparsity", judged, "win", *baselines]]
     for sparsity, entry in _levels(table):
         stats = {name: summarize(runs).get(primary) for name, runs in entry.items()}
-        rows.append([pct(sparsity), _cell(stats.get("imp")), _mark(table, primary, sparsity),
-                     *(_cell(stats.get(name)) for name in baselines)])
+        rows.append([pct(sparsity), mean_std(stats.get("imp")), _mark(table, primary, sparsity),
+                     *(mean_std(stats.get(name)) for name in baselines)])
     op = "≤" if lower_is_better(primary) else "≥"
     sign = "+" if lower_is_better(primary) else "−"
     result = verdict(table, metrics, primary)
-    lines = [f"{primary} ({result['direction'][primary]} is better); full model: {_cell(full)} over "
+    lines = [f"{primary} ({result['direction'][primary]} is better); full model: {mean_std(full)} over "
              f"{full['n']} seed{'s' if full['n'] != 1 else ''}", "", *_aligned(rows), "",
              f"*  wins within 1σ ({judged} mean {op} full mean {sign} std)    ** wins strictly ({judged} mean {op} full mean)"]
     order = [primary, *(m for m in result["winning"] if m != primary)]
