@@ -47,17 +47,17 @@ def run_lth(task, tokenizer, args, bf16: bool) -> dict:
     model = task.load_model(args.model, args.seed)
     train = task.train_features(tokenizer, args.max_length)
     dev = task.eval_features(tokenizer, args.max_length)["dev"]
-    recipe = Recipe(batch_size=args.batch_size, lr=args.lr, epochs=1.0, seed=args.seed, bf16=bf16)
+    recipe = Recipe(batch_size=args.batch_size, lr=args.lr, epochs=1.0, seed=args.seed, precision="bf16" if bf16 else "fp32")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         steps = len(finetune(model, masks.ones(prunable_weights(model)), train, recipe, tokenizer.pad_token_id,
                              checkpoint=Path(tmp) / "c.pt"))  # level 0 of a search: an all-ones mask
         train_s = time.perf_counter() - start
     start = time.perf_counter()
-    rows = predict(model, dev, tokenizer.pad_token_id, 128, bf16)
+    rows = predict(model, dev, tokenizer.pad_token_id, 128, "bf16" if bf16 else "fp32")
     eval_s = time.perf_counter() - start
     start = time.perf_counter()  # target 4: evaluation throughput on the very sentences it trained on
-    predict(model, train, tokenizer.pad_token_id, 128, bf16)
+    predict(model, train, tokenizer.pad_token_id, 128, "bf16" if bf16 else "fp32")
     return {"steps": steps, "train_s": train_s, "eval_s": eval_s, "eval_train_s": time.perf_counter() - start,
             "accuracy": accuracy(np.stack(rows), [f["labels"] for f in dev])}
 

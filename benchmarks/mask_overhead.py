@@ -22,7 +22,8 @@ from lth import masks
 from lth.config import cpu_has_native_bf16
 from lth.models import load_model, prunable_weights
 from lth.pruning import prune
-from lth.train import Recipe, _multiply_, _optimizer, _step, mask_factors, model_forward
+from lth.parallel import Ranks
+from lth.train import Recipe, _Loss, _multiply_, _optimizer, _step, mask_factors, model_forward
 
 
 def setup(name: str, sparsity: float | None, recipe: Recipe) -> dict:
@@ -34,14 +35,15 @@ def setup(name: str, sparsity: float | None, recipe: Recipe) -> dict:
         masks.apply_(params, mask)
     weights, keep = mask_factors(model, mask)  # as finetune: all-ones matrices are skipped
     model.train()
-    return {"model": model, "optimizer": _optimizer(model, recipe), "weights": weights, "keep": keep,
+    return {"model": _Loss(model, model_forward), "optimizer": _optimizer(model, recipe, torch.device("cpu")),
+            "weights": weights, "keep": keep,
             "sparsity": masks.sparsity(mask) if mask else 0.0}
 
 
 def step(config: dict, batch: dict, recipe: Recipe) -> float:
     start = time.perf_counter()
-    _step(config["model"], config["optimizer"], batch, config["weights"], config["keep"], recipe, recipe.lr,
-          model_forward)
+    _step(config["model"], config["optimizer"], None, batch, config["weights"], config["keep"], recipe, recipe.lr,
+          Ranks())
     return time.perf_counter() - start
 
 
@@ -68,11 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fp32", action="store_true", help="fp32 even where bf16 is native")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    recipe = Recipe(batch_size=args.batch_size, lr=1e-5, epochs=1, bf16=cpu_has_native_bf16() and not args.fp32)
+    recipe = Recipe(batch_size=args.batch_size, lr=1e-5, epochs=1,
+                    precision="bf16" if cpu_has_native_bf16() and not args.fp32 else "fp32")
     configs = {"dense, no mask": setup(args.model, None, recipe),
                "dense, all-ones mask": setup(args.model, 0.0, recipe),
                f"{args.sparsity:.0%} sparse ticket": setup(args.model, args.sparsity, recipe)}
-    vocab = configs["dense, no mask"]["model"].config.vocab_size
+    vocab = configs["dense, no mask"]["model"].model.config.vocab_size
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(min(1000, vocab // 2), vocab, (args.batch_size, args.length), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             times[name].append(step(configs[name], batch, recipe))
     base = times[names[0]]
     print(f"{args.model}, batch {args.batch_size} x {args.length} tokens, {args.threads} thread(s), "
-          f"{'bf16' if recipe.bf16 else 'fp32'}, {args.rounds} interleaved rounds")
+          f"{recipe.precision}, {args.rounds} interleaved rounds")
     print(f"{'configuration':26}{'sparsity':>10}{'step s':>9}{'overhead':>10}{'mask ops ms':>13}")
     for name in names:
         c = configs[name]

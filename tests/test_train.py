@@ -78,7 +78,7 @@ def test_resume_from_mid_run_checkpoint_equals_uninterrupted(tmp_path):
     recipe = Recipe(batch_size=8, lr=5e-3, epochs=2, seed=4)
     model, weights, feats = setup(tmp_path / "a")
     finetune(model, masks.ones(weights), feats, recipe, 0, tmp_path / "full.pt")
-    straight = predict(model, feats, 0, 16, False)
+    straight = predict(model, feats, 0, 16, "fp32")
 
     class Stop(Exception):
         pass
@@ -94,14 +94,14 @@ def test_resume_from_mid_run_checkpoint_equals_uninterrupted(tmp_path):
         pass
     model, weights, feats = setup(tmp_path / "c")  # a fresh process would rebuild the model
     finetune(model, masks.ones(weights), feats, recipe, 0, tmp_path / "part.pt")
-    assert torch.equal(torch.from_numpy(predict(model, feats, 0, 16, False)), torch.from_numpy(straight))
+    assert torch.equal(torch.from_numpy(predict(model, feats, 0, 16, "fp32")), torch.from_numpy(straight))
 
 
 def test_predict_order_and_eval_batches_do_not_matter(tmp_path):
     model, _, feats = setup(tmp_path)
-    a = predict(model, feats, 0, 64, False)
-    b = predict(model, feats, 0, 7, False)
-    one = predict(model, feats[5:6], 0, 1, False)
+    a = predict(model, feats, 0, 64, "fp32")
+    b = predict(model, feats, 0, 7, "fp32")
+    one = predict(model, feats[5:6], 0, 1, "fp32")
     assert torch.allclose(torch.from_numpy(a), torch.from_numpy(b), atol=1e-5)
     assert torch.allclose(torch.from_numpy(a[5:6]), torch.from_numpy(one), atol=1e-5)
 

@@ -86,7 +86,7 @@ def test_a_transfer_equals_training_the_mask_by_hand(world, monkeypatch):
     data = load_text_files(world["train"], None, seed=1)  # the search's split: 10% held out with its seed
     losses = finetune(model, source, encode(data.train, tokenizer, 128), Recipe(batch_size=8, lr=3e-3, epochs=3, seed=2),
                       tokenizer.pad_token_id, world["root"] / "by-hand.pt")
-    logits = np.stack(predict(model, encode(data.evals["dev"], tokenizer, 128), tokenizer.pad_token_id, 128, False))
+    logits = np.stack(predict(model, encode(data.evals["dev"], tokenizer, 128), tokenizer.pad_token_id, 128, "fp32"))
     unit = run / "branches" / "transfer" / fingerprint / "seed_2"
     assert json.loads((unit / "train_loss.json").read_text())["step_losses"] == [round(x, 6) for x in losses]
     accuracy = float((logits.argmax(-1) == np.array(data.evals["dev"].labels)).mean())

@@ -24,8 +24,9 @@ def write_tokenizer(folder: Path, with_token_types: bool = True):
     return tok
 
 
-def make_tiny(folder: Path, arch: str = "bert", seed: int = 0, hidden: int = 32, layers: int = 2) -> str:
-    """A random 2-layer encoder of the given architecture, saved like a hub checkpoint."""
+def make_tiny(folder: Path, arch: str = "bert", seed: int = 0, hidden: int = 32, layers: int = 2,
+              dropout: float = 0.1) -> str:
+    """A random 2-layer encoder of the given architecture, saved like a hub checkpoint (`dropout`: BERT's)."""
     import torch
     from transformers import AutoModel, BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig
 
@@ -33,7 +34,8 @@ def make_tiny(folder: Path, arch: str = "bert", seed: int = 0, hidden: int = 32,
     common = dict(vocab_size=vocab, max_position_embeddings=512, pad_token_id=0)
     config = {
         "bert": lambda: BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                                   intermediate_size=2 * hidden, **common),
+                                   intermediate_size=2 * hidden, hidden_dropout_prob=dropout,
+                                   attention_probs_dropout_prob=dropout, **common),
         "roberta": lambda: RobertaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                                          intermediate_size=2 * hidden, type_vocab_size=1, **common),
         "distilbert": lambda: DistilBertConfig(dim=hidden, n_layers=layers, n_heads=2, hidden_dim=2 * hidden,

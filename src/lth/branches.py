@@ -60,13 +60,15 @@ def standard(search: "Search", unit: Unit) -> masks.Mask:
     if unit.level == 0:
         return search.mask(0)
     path = unit.where / "mask.safetensors"
-    if not path.exists():
-        before = search.mask(0) if unit.level == 1 else masks.load(
-            branch_dir(search.run, "standard", unit.seed, unit.level - 1) / "mask.safetensors")
-        trained = stored(search, previous_final(search, unit.seed, unit.level))
-        masks.save(prune(search.s.strategy, trained, before, target_sparsity(search, unit)), path,
-                   {"level": unit.level, "model": search.s.model, "strategy": search.s.strategy, "kind": "standard"})
-    return masks.load(path)
+    if path.exists():
+        return masks.load(path)
+    before = search.mask(0) if unit.level == 1 else masks.load(
+        branch_dir(search.run, "standard", unit.seed, unit.level - 1) / "mask.safetensors")
+    trained = stored(search, previous_final(search, unit.seed, unit.level))
+    mask = prune(search.s.strategy, trained, before, target_sparsity(search, unit))
+    masks.save(mask, path, {"level": unit.level, "model": search.s.model, "strategy": search.s.strategy,
+                            "kind": "standard"})
+    return mask
 
 
 def transferred(search: "Search", unit: Unit) -> masks.Mask:

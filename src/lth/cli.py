@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "--task: the offline demo (MiniLM on BBC News, 1 epoch a level, 30% of the "
                           "remaining weights a level, to 66% sparsity); any flag given overrides it.")
     add_settings_flags(find)
+    find.add_argument("--list-units", action="store_true", help="print every unit of the run (its id, and whether "
+                      "it is done, ready, or waiting for inputs) and train nothing")
+    find.add_argument("--unit", help="train this one unit (an id from --list-units) and stop: for a scheduler's "
+                      "job array; it waits for its inputs, and a unit another process holds is left to it")
     prunable = sub.add_parser("prunable", help="list the weights a search would prune")
     for name in ("model", "include", "exclude"):
         f = next(f for f in fields(FindSettings) if f.name == name)
@@ -105,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_find(args) -> None:
     from .search import find
 
-    given = {k: v for k, v in vars(args).items() if k != "command"}
-    find(find_settings(**given))
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "unit", "list_units")}
+    find(find_settings(**given), unit=args.unit, list_units=args.list_units)
 
 
 def cmd_transfer(args) -> None:

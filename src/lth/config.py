@@ -12,7 +12,7 @@ from .errors import LthError
 
 SCHEDULES = ("original", "remaining")
 STRATEGIES = ("global", "layerwise")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BASELINES = ("random-prune", "random-reinit", "oneshot", "standard")
 DATA_FILES = (".csv", ".tsv", ".jsonl", ".json")  # a --task with one of these is the user's own file
 
@@ -73,8 +73,14 @@ class FindSettings:
     exclude: list[str] = _opt("regex of parameter names never to prune (repeatable)", default_factory=list)
     rewind_step: int = _opt("rewind to the weights after this many steps of level 0 instead of the "
                             "pre-trained weights", default=0)
-    precision: str = _opt("'bf16' autocast, 'fp32', or 'auto' (bf16 where the CPU has native bf16)",
-                          default="auto", meta={"choices": PRECISIONS})
+    precision: str = _opt("'bf16' or 'fp16' autocast (fp16 with a gradient scaler, GPUs only), 'fp32', or 'auto': "
+                          "bf16 where the device computes it natively (Ampere+ GPUs, CPUs with avx512_bf16), fp16 "
+                          "on older GPUs, else fp32", default="auto", meta={"choices": PRECISIONS})
+    device: str = _opt("where to train: 'auto' (CUDA if present, else Apple's MPS, else the CPU), 'cpu', 'cuda', "
+                       "'cuda:N' or 'mps'; a run moves between devices and resumes", default="auto", hashed=False)
+    grad_accum: int = _opt("split each batch into this many micro-batches (the same step, a fraction of the "
+                           "memory): --batch-size 32 --grad-accum 4 fits the paper's batch on a small GPU",
+                           default=1, hashed=False)
     eval_batch_size: int = _opt("evaluation batch size", default=128, hashed=False)
     runs_dir: str = _opt("where run directories live", default="runs", hashed=False)
     checkpoint_minutes: float = _opt("save a resumable checkpoint at least this often (and every epoch)",
@@ -95,7 +101,11 @@ class FindSettings:
             self.baselines = ",".join(self.baselines)
         validate(self)
         if self.precision == "auto":  # resolved before hashing: bf16 and fp32 runs give different numbers
-            self.precision = "bf16" if cpu_has_native_bf16() else "fp32"
+            from .parallel import auto_precision, resolve_device
+
+            self.precision = auto_precision(resolve_device(self.device))
+        if self.precision == "fp16" and self.device == "cpu":
+            raise LthError("--precision fp16 is for GPUs (CPU autocast in fp16 is slow and unscaled); use bf16 or fp32")
 
     def hashed(self) -> dict:
         """The settings that change results and differ from their defaults (as OpenLTH does: adding a
@@ -172,6 +182,7 @@ AT_LEAST_0 = (WHOLE, lambda v: v >= 0, "0 or more")
 RANGES = {
     "train_limit": AT_LEAST_1, "eval_limit": AT_LEAST_1, "steps": AT_LEAST_1, "batch_size": AT_LEAST_1,
     "eval_batch_size": AT_LEAST_1, "seeds": AT_LEAST_1, "threads": AT_LEAST_1, "doc_stride": AT_LEAST_1,
+    "grad_accum": AT_LEAST_1,
     "seed": AT_LEAST_0, "rewind_step": AT_LEAST_0,
     "max_length": (WHOLE, lambda v: v >= 8, "8 or more tokens"),
     "lr": (REAL, lambda v: v > 0, "a positive number, e.g. 2e-5"),

@@ -100,7 +100,8 @@ def trained(search: Search, level: int, record: dict) -> dict:
     say(f"training level {level} again from the run's rewind point to get its weights (the run keeps only masks)")
     finetune(search.model, mask, search.train, replace(search.recipe, seed=unit.seed), search.pad_id,
              unit.where / "export.checkpoint.pt", start_step=first_step, desc=f"level {level} export train",
-             prepare=getattr(search.task, "prepare", None), forward=getattr(search.task, "forward", None))
+             prepare=getattr(search.task, "prepare", None), forward=getattr(search.task, "forward", None),
+             ranks=search.ranks)
     metrics = search.evaluate(f"level {level}")
     if metrics != record["metrics"]:
         say(f"warning: the retrained level {level} scores {metrics}, the run recorded {record['metrics']}: this machine "

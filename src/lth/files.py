@@ -91,19 +91,38 @@ def _free(path: Path) -> str:
     return "an unknown amount"
 
 
+_writes = True  # False in the other processes of a group: only the main process writes (see parallel.py)
+
+
+def only_main_writes(main: bool) -> None:
+    """In a group of processes training one unit together, the main process writes every file; the others
+    compute the same things and write them nowhere."""
+    global _writes
+    _writes = main
+
+
+def remove(path: str | Path) -> None:
+    """Delete a file (if this process writes files)."""
+    if _writes:
+        Path(path).unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one step.
 
     The temporary file is flock-ed until the write ends: `sweep` removes only files whose writer is gone."""
     path = Path(path)
+    if not _writes:
+        yield Path(os.devnull)
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     except OSError as exc:
         raise unwritable(path, exc) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock(fd)
         os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600: others sharing the run could not read it
         yield Path(tmp)
         os.replace(tmp, path)
@@ -118,6 +137,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def _lock(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:  # a file system without locks: the write goes on; `sweep` then leaves the file alone
+        pass
+
+
 def _is_io_error(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, OSError) or "unexpected pos" in text or "I/O error" in text or "os error" in text
@@ -128,6 +154,8 @@ def sweep(folder: str | Path) -> list[Path]:
 
     A live writer holds the lock on its temporary file, so its file is left alone."""
     removed = []
+    if not _writes:
+        return removed
     for tmp in Path(folder).rglob(f".*{TMP_SUFFIX}"):
         try:
             fd = os.open(tmp, os.O_RDONLY)
@@ -135,7 +163,7 @@ def sweep(folder: str | Path) -> list[Path]:
             continue  # renamed or removed by its writer meanwhile
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError:  # held by a live writer (or no locks here: whose it is cannot be told)
             continue
         else:
             tmp.unlink(missing_ok=True)

@@ -37,7 +37,7 @@ def nearly_empty(mask: Mask, below: float = 0.01) -> dict[str, float]:
 def apply_(weights: dict[str, torch.Tensor], mask: Mask) -> None:
     """Zero the pruned weights in place."""
     for name, m in mask.items():
-        weights[name].mul_(m)
+        weights[name].mul_(m.to(weights[name].device))
 
 
 def check(mask: Mask, weights: dict[str, torch.Tensor], source: str = "the mask") -> None:

@@ -74,7 +74,7 @@ class Magnitudes(Mapping):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         with torch.no_grad():
-            return self.weights[name].detach().abs().float()
+            return self.weights[name].detach().abs().float().cpu()  # masks live on the CPU, weights anywhere
 
     def __iter__(self):
         return iter(self.weights)

@@ -5,6 +5,7 @@ import fcntl
 from pathlib import Path
 
 from .config import BASELINES
+from .errors import LthError
 from .files import DamagedFile, load_json, verify_tensors
 
 # What a finished unit records; checked whenever a metrics.json is read back.
@@ -33,6 +34,11 @@ class Claim:
         except BlockingIOError:
             handle.close()
             return False
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP: a file system without locks (sshfs, NFS without lockd)
+            handle.close()
+            raise LthError(f"the file system of {self.path.parent} does not support file locks ({exc.strerror}), which "
+                           "lth needs to share a run between processes; put --runs-dir on a local disk or on a "
+                           "file system with flock (NFSv4, Lustre mounted with -o flock, BeeGFS, GPFS)") from None
         self._file = handle
         return True
 

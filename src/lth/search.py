@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,9 +19,11 @@ from .baselines import reinitialize_
 from .branches import CHAIN, INIT, KINDS, REINIT, keeps_final, planned_units, previous_final
 from .config import FindSettings, find_settings
 from .errors import LthError
-from .files import CHECKSUM, DamagedFile, load_into, load_json, save_json, save_model, sweep, verify_tensors
+from .files import (CHECKSUM, DamagedFile, load_into, load_json, only_main_writes, remove, save_json, save_model, sweep,
+                    verify_tensors)
 from .metrics import undefined_note
 from .models import check_max_length, load_tokenizer, prunable_weights
+from .parallel import Ranks, start
 from .pruning import planned_levels, prune, sparsity_at
 from .report import level_line, table
 from .runs import branch_dir, check_run, collect_results, collect_transfers, judged_on_disk, level_dir, read_record
@@ -30,16 +33,25 @@ from .tasks.mlm import MaskedLMTask
 from .tasks.squad import SquadTask
 from .train import Recipe, finetune, predict
 from .verdict import format_verdict_table, verdict
-from .work import Unit, say, unique, work
+from .work import Unit, say, unique, work, work_one
 
 
-def find(settings: FindSettings | None = None, **overrides) -> dict:
+def find(settings: FindSettings | None = None, unit: str | None = None, list_units: bool = False,
+         **overrides) -> dict:
     """Run (or resume) a ticket search, and its seeds and baselines when asked for.
 
     Returns the summary also written to the run's summary.json. Several processes given the same settings
-    share the work: each trains what nobody else is training (see `work.work`)."""
+    share the work: each trains what nobody else is training (see `work.work`). `list_units` prints every unit
+    of the run with its state; `unit` trains that one unit only (for a scheduler's job array)."""
     search = open_search(settings or find_settings(**overrides))
-    search.work(planned_units(search))
+    units = unique(planned_units(search))
+    if list_units:
+        print(format_units(units, search.run))
+        return {"units": [{"id": u.id, "done": u.done, "ready": u.ready()} for u in units]}
+    if unit is not None:
+        work_one(one_unit(units, unit, search.run), search.run_unit, ranks=search.ranks)
+        return search.write_summary() if search.ranks.main else {}
+    search.work(units)
     summary = search.write_summary()
     print(table(summary))
     if "verdict" in summary and (len(search.seeds) > 1 or search.baselines):
@@ -49,12 +61,36 @@ def find(settings: FindSettings | None = None, **overrides) -> dict:
     return summary
 
 
+def format_units(units: list[Unit], run: Path) -> str:
+    """One line per unit: its id (for --unit), and whether it is done, ready to start, or waiting for inputs."""
+    state = lambda u: "done" if u.done else "ready" if u.ready() else "waits for " + ", ".join(  # noqa: E731
+        p.relative_to(run).as_posix() for p in u.needs if not p.exists())
+    width = max(len(u.id) for u in units)
+    return "\n".join(f"{u.id:<{width}}  {state(u)}" for u in units)
+
+
+def one_unit(units: list[Unit], wanted: str, run: Path) -> Unit:
+    """The unit named by --unit (its folder inside the run, as --list-units prints it)."""
+    for unit in units:
+        if unit.id == wanted.strip("/"):
+            return unit
+    raise LthError(f"--unit {wanted}: {run.name} has no such unit; the same command with --list-units prints "
+                   "every unit's id")
+
+
 def open_search(s: FindSettings, judging: bool = True) -> "Search":
     """Load the task and the model, find or create the run directory, and restore θ0.
 
     Everything that can be refused is checked before a file is written. `judging`: this call chooses the
     levels that get seeds and baselines (a transfer leaves the search's own choice as it was)."""
     torch.set_num_threads(s.threads or os.cpu_count() or 1)
+    ranks = start(s.device)
+    only_main_writes(ranks.main)
+    if not ranks.main:  # the other processes of a group train the same units: one voice is enough
+        sys.stdout = open(os.devnull, "w")
+    if s.batch_size < ranks.world * s.grad_accum:
+        raise LthError(f"--batch-size {s.batch_size} is smaller than {ranks.world} processes x --grad-accum "
+                       f"{s.grad_accum}: every process needs at least one example of each micro-batch")
     task = build_task(s)
     tokenizer = load_tokenizer(s.model)
     data = task.fingerprint()
@@ -65,7 +101,7 @@ def open_search(s: FindSettings, judging: bool = True) -> "Search":
     weights = prunable_weights(model, s.include, s.exclude)
     for note in task.notes:
         say(f"note: {note}")
-    search = Search(s, task, tokenizer, model, weights, run)
+    search = Search(s, task, tokenizer, model, weights, run, ranks)
     previous = _previous_settings(run, data)
     _note_other_data(run, s, data)
     for leftover in sweep(run) if run.exists() else []:
@@ -145,7 +181,7 @@ class Plan:
         """A unit; one that starts from a later rewind point also waits for level 0 to have saved it."""
         if KINDS[kind].start not in (INIT, REINIT, CHAIN) and level != 0 and self.s.rewind_step:
             needs = (*needs, self.run / self.rewind_file())
-        return Unit(kind, level, seed, where, needs, **kw)
+        return Unit(kind, level, seed, where, needs, id=where.relative_to(self.run).as_posix(), **kw)
 
     def dense_units(self) -> list[Unit]:
         """The full model with every seed: the search's own level 0, then the other seeds' dense runs."""
@@ -160,13 +196,14 @@ class Search(Plan):
     """One run on disk with its task and model loaded: trains the IMP levels (level_NN/) and their branches
     (branches/<kind>/...)."""
 
-    def __init__(self, s: FindSettings, task, tokenizer, model, weights, run: Path):
+    def __init__(self, s: FindSettings, task, tokenizer, model, weights, run: Path, ranks: Ranks | None = None):
         super().__init__(s, run)
         self.task, self.model, self.weights, self.tokenizer = task, model, weights, tokenizer
+        self.ranks = ranks or Ranks()
         self.pad_id = tokenizer.pad_token_id or 0
         self.recipe = Recipe(batch_size=s.batch_size, lr=s.lr, epochs=s.epochs, weight_decay=s.weight_decay,
-                             warmup=s.warmup, seed=s.seed, bf16=s.precision == "bf16",
-                             checkpoint_minutes=s.checkpoint_minutes, steps=s.steps)
+                             warmup=s.warmup, seed=s.seed, precision=s.precision,
+                             checkpoint_minutes=s.checkpoint_minutes, steps=s.steps, grad_accum=s.grad_accum)
         self.train = task.train_features(tokenizer, s.max_length)
         self.evals = task.eval_features(tokenizer, s.max_length)
         if s.rewind_step >= self.recipe.total_steps(len(self.train)):
@@ -174,7 +211,7 @@ class Search(Plan):
                            f"{self.recipe.total_steps(len(self.train))} training steps; choose a smaller step")
 
     def work(self, units: list[Unit], poll_seconds: float = 10.0) -> None:
-        work(unique(units), self.run_unit, poll_seconds)
+        work(unique(units), self.run_unit, poll_seconds, self.ranks)
 
     # -- how a unit is trained -------------------------------------------------------------------------
     def run_unit(self, unit: Unit) -> None:
@@ -189,7 +226,7 @@ class Search(Plan):
         losses = finetune(self.model, mask, self.train, replace(self.recipe, seed=unit.seed), self.pad_id,
                           unit.where / "checkpoint.pt", start_step=first_step, desc=f"{unit} train",
                           on_step=on_step, prepare=getattr(self.task, "prepare", None),
-                          forward=getattr(self.task, "forward", None))
+                          forward=getattr(self.task, "forward", None), ranks=self.ranks)
         metrics = self.evaluate(str(unit))
         if unit.kind == "trunk":
             self.save_next_mask(unit.level, mask)
@@ -197,7 +234,7 @@ class Search(Plan):
             save_model(self.model, unit.where / "final.safetensors")
         self._record(unit, mask, metrics, losses, first_step, time.monotonic() - started)
         if unit.kind == "standard" and unit.level > 1:  # the chain has moved on: drop the weights it came from
-            previous_final(self, unit.seed, unit.level).unlink(missing_ok=True)
+            remove(previous_final(self, unit.seed, unit.level))
 
     def start(self, unit: Unit) -> tuple[Path, int]:
         """The weights a unit starts from and its first step: tickets and the masks that compete with them
@@ -218,13 +255,15 @@ class Search(Plan):
             record["notes"] = [note]
             say(f"{unit}: note: {note}")
         save_json(record, unit.where / "metrics.json")
-        (unit.where / "checkpoint.pt").unlink(missing_ok=True)  # hundreds of MB, no longer needed
+        remove(unit.where / "checkpoint.pt")  # hundreds of MB, no longer needed
         say(level_line(record) if unit.kind == "trunk" else f"{unit.kind} seed {unit.seed}: {level_line(record)}")
 
     def mask(self, level: int) -> masks.Mask:
         path = level_dir(self.run, level) / "mask.safetensors"
         if level == 0 and not path.exists():
-            masks.save(masks.ones(self.weights), path, {"level": 0})
+            mask = masks.ones(self.weights)
+            masks.save(mask, path, {"level": 0})
+            return mask  # not read back: in a group of processes only the main one writes it
         mask = masks.load(path)
         masks.check(mask, self.weights, str(path))
         return mask
@@ -245,9 +284,9 @@ class Search(Plan):
         """The task's metrics of `model` (the search's own by default) on every evaluation split."""
         metrics = {}
         for split, feats in self.evals.items():
-            outputs = predict(model or self.model, feats, self.pad_id, self.s.eval_batch_size, self.recipe.bf16,
+            outputs = predict(model or self.model, feats, self.pad_id, self.s.eval_batch_size, self.s.precision,
                               self.task.collect, desc=f"{name} eval {split}",
-                              forward=getattr(self.task, "forward", None))
+                              forward=getattr(self.task, "forward", None), ranks=self.ranks)
             metrics.update(self.task.score(split, outputs))
         return metrics
 

@@ -30,7 +30,7 @@ class _Positional(nn.Module):
 def export_onnx(search, path: Path, tolerance: float = 1e-3) -> dict:
     """Write `search.model` as ONNX with dynamic batch and length; compare ONNX Runtime's outputs with torch's
     on dev inputs of another shape. Returns what was checked."""
-    model = search.model.eval()
+    model = search.model.cpu().eval()  # exported and checked on the CPU, whatever device trained it
     features = next(iter(search.evals.values()))
     sample = collate(features[:2], search.pad_id)
     names = [k for k in INPUTS if k in sample]

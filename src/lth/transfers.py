@@ -48,7 +48,7 @@ class Source:
 
 def base_fingerprint(weights: dict[str, torch.Tensor]) -> dict[str, str]:
     """Per weight, a hash of its values (as float32): equal only for the same pre-trained model."""
-    return {name: hashlib.sha256(w.detach().float().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return {name: hashlib.sha256(w.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
             for name, w in weights.items()}
 
 
