@@ -101,6 +101,11 @@ def only_main_writes(main: bool) -> None:
     _writes = main
 
 
+def writing() -> bool:
+    """Whether this process writes files (the main one of a group, or the only one)."""
+    return _writes
+
+
 def remove(path: str | Path) -> None:
     """Delete a file (if this process writes files)."""
     if _writes:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .batches import TARGETS, Feature, collate, evaluation_order, training_order
 from .errors import LthError
-from .files import load_checkpoint, save_checkpoint
+from .files import load_checkpoint, save_checkpoint, writing
 from .masks import Mask
 from .parallel import Ranks
 
@@ -185,7 +185,9 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
                 on_step(step)
             due = step % per_epoch == 0 or step == total or time.monotonic() - saved_at > 60 * recipe.checkpoint_minutes
             if ranks.broadcast(due):  # the main process's clock decides, so every process saves at the same step
-                save_checkpoint(_state(model, optimizer, step, losses, ranks), checkpoint)
+                state = _state(model, optimizer, step, losses, ranks)  # every process: it gathers their RNGs
+                if writing():
+                    save_checkpoint(state, checkpoint)
                 saved_at = time.monotonic()
             if step == total:
                 break
