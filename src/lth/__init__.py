@@ -43,5 +43,12 @@ def load_compact(path: str, dtype=None):
     return _load(path, dtype or torch.float32)
 
 
-__all__ = ["FindSettings", "LthError", "apply_ticket", "export", "find", "load_compact", "transfer"]
+def load_fast(path: str, precision: str = "auto"):
+    """An exported ticket on lth's fast CPU engine: an nn.Module with the Hugging Face forward."""
+    from .fast import load_fast as _load
+
+    return _load(path, precision)
+
+
+__all__ = ["FindSettings", "LthError", "apply_ticket", "export", "find", "load_compact", "load_fast", "transfer"]
 __version__ = "0.1.0"

@@ -97,6 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Describes an export folder, ticket.safetensors, a compact model, a model "
                           "folder, model.onnx, a run's mask.safetensors or a run directory.")
     look.add_argument("path")
+    clock = sub.add_parser("speed", help="how fast an exported ticket runs here, against the dense engines",
+                           description="Times lth's engine (sparse kernels where they pay, bf16 where native) "
+                           "against torch fp32 and bf16, ONNX Runtime and OpenVINO (where installed), interleaved, "
+                           "at batch x 128 tokens and 1 x 128; prints medians and ratios.")
+    clock.add_argument("export", help="a folder written by lth export")
+    clock.add_argument("--batch-size", type=int, default=32)
+    clock.add_argument("--length", type=int, default=128)
+    clock.add_argument("--repeats", type=int, default=10)
+    clock.add_argument("--threads", type=int, help="threads for every engine (default: all cores)")
+    label = sub.add_parser("predict", help="label a file of texts with an exported classifier, on the fast engine")
+    label.add_argument("export", help="a folder written by lth export")
+    label.add_argument("--input", required=True, help="a .csv, .tsv or .jsonl file")
+    label.add_argument("--output", required=True, help="the TSV to write: row, label, scores")
+    label.add_argument("--text-column", default="text")
+    label.add_argument("--text-pair-column")
+    label.add_argument("--batch-size", type=int, default=64)
     show = sub.add_parser("report", help="one self-contained HTML page of runs, verdicts and transfers",
                           description="Writes TO/index.html (opens offline, figures inline) with, per run: the "
                           "recipe, metric against sparsity, the verdict, density per layer, mask overlaps, "
@@ -175,6 +191,32 @@ def cmd_inspect(args) -> None:
     print(inspect(args.path))
 
 
+def cmd_speed(args) -> None:
+    import os
+
+    import torch
+
+    from .exports import reload_hf
+    from .fast import load_fast
+    from .kernels import backend
+    from .speed import compare, table
+
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    fast = load_fast(args.export)
+    dense = reload_hf(fast.model.name_or_path, type(fast.model).__name__)
+    print(f"sparse kernel: {backend()[1]}; {threads} threads, median of {args.repeats} interleaved rounds")
+    print(table(compare(dense, fast, [(args.batch_size, args.length), (1, args.length)], args.repeats, threads)))
+
+
+def cmd_predict(args) -> None:
+    from .fast import predict_file
+
+    rows = predict_file(args.export, args.input, args.output, args.text_column, args.text_pair_column,
+                        args.batch_size)
+    print(f"{rows} rows labelled: {args.output}")
+
+
 def cmd_report(args) -> None:
     from .reporting import report
 
@@ -182,7 +224,8 @@ def cmd_report(args) -> None:
 
 
 COMMANDS = {"find": cmd_find, "prunable": cmd_prunable, "verdict": cmd_verdict, "transfer": cmd_transfer,
-            "export": cmd_export, "inspect": cmd_inspect, "report": cmd_report}
+            "export": cmd_export, "inspect": cmd_inspect, "report": cmd_report, "speed": cmd_speed,
+            "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

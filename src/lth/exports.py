@@ -144,6 +144,7 @@ def save_hf_folder(search: Search, folder: Path) -> None:
 
 
 def reload_hf(folder: Path, head: str):
+    """A model folder loaded with `head`, an Auto class or an architecture's class name."""
     import transformers
 
     return getattr(transformers, head).from_pretrained(folder, attn_implementation="eager")

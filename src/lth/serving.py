@@ -32,7 +32,13 @@ def export_onnx(search, path: Path, tolerance: float = 1e-3) -> dict:
     on dev inputs of another shape. Returns what was checked."""
     model = search.model.cpu().eval()  # exported and checked on the CPU, whatever device trained it
     features = next(iter(search.evals.values()))
-    sample = collate(features[:2], search.pad_id)
+    names, outputs = to_onnx(model, collate(features[:2], search.pad_id), path)
+    return {"inputs": names, "outputs": outputs, **check_onnx(path, model, collate(features[:16], search.pad_id),
+                                                              names, outputs, tolerance)}
+
+
+def to_onnx(model: nn.Module, sample: dict, path: Path) -> tuple[list[str], list[str]]:
+    """Write `model` as ONNX, dynamic in batch and length; returns its input and output names."""
     names = [k for k in INPUTS if k in sample]
     with torch.no_grad():
         produced = model(**{k: sample[k] for k in names})
@@ -44,8 +50,7 @@ def export_onnx(search, path: Path, tolerance: float = 1e-3) -> dict:
         # eval() on the wrapper: the exporter restores the wrapper's mode afterwards, and a new module is in train mode
         torch.onnx.export(_Positional(model, names, outputs).eval(), tuple(sample[k] for k in names), str(path),
                           input_names=names, output_names=outputs, dynamic_axes=axes, opset_version=17, dynamo=False)
-    return {"inputs": names, "outputs": outputs, **check_onnx(path, model, collate(features[:16], search.pad_id),
-                                                              names, outputs, tolerance)}
+    return names, outputs
 
 
 def check_onnx(path: Path, model: nn.Module, batch: dict, names: list[str], outputs: list[str], tolerance: float) -> dict:

@@ -1,0 +1,177 @@
+"""The fast engine: a trained ticket whose pruned linear layers run sparse kernels where that is faster.
+
+`load_fast(folder)` returns an nn.Module with the Hugging Face forward. Each pruned linear layer keeps its dense
+weights too and, for each size of input it meets (tokens rounded up to a power of two), times the sparse kernel
+against the dense matmul once and uses the faster from then on: at 90% sparsity the kernel wins, at 50% the
+dense matmul does, and neither is ever slower than lth's dense path. The rest of the model (attention, softmax,
+LayerNorm, GELU) runs in bf16 autocast where the CPU computes bf16 natively."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import cpu_has_native_bf16
+from .errors import LthError
+from .kernels import CSR, backend, sparse_linear
+from .train import autocast
+
+DENSE_ABOVE = 0.8  # a matrix keeping more than this is never worth a sparse kernel
+
+
+class SparseLinear(nn.Module):
+    """A pruned nn.Linear that runs whichever of the sparse kernel and the dense matmul is faster here.
+
+    `bf16`: the sparse kernel returns bf16, as the dense matmul does under bf16 autocast. `gelu` (the FFN's
+    first layer): GELU is applied inside the kernel, on values still in registers, instead of in a second pass."""
+
+    def __init__(self, linear: nn.Linear, bf16: bool = False, gelu: nn.Module | None = None):
+        super().__init__()
+        self.dense, self.bf16, self.gelu = linear, bf16, gelu
+        self.csr = CSR(linear.weight, linear.bias)
+        self.choice: dict[int, str] = {}
+        self.sparse_ok = backend()[0] != "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bucket = 1 << max(0, (x.numel() // x.shape[-1] - 1).bit_length())
+        if bucket not in self.choice:
+            self.choice[bucket] = self._faster(x) if self.sparse_ok else "dense"
+        return self._sparse(x) if self.choice[bucket] == "sparse" else self._dense(x)
+
+    def _sparse(self, x: torch.Tensor) -> torch.Tensor:
+        return sparse_linear(x, self.csr, gelu=self.gelu is not None, bf16_out=self.bf16)
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dense(x)
+        return self.gelu(y) if self.gelu is not None else y
+
+    def _faster(self, x: torch.Tensor) -> str:
+        timings = {}
+        for _ in range(2):  # interleaved, best of two: the first call also warms caches
+            for name, run in (("sparse", self._sparse), ("dense", self._dense)):
+                start = time.perf_counter()
+                run(x)
+                timings[name] = min(timings.get(name, float("inf")), time.perf_counter() - start)
+        return min(timings, key=timings.get)
+
+
+
+class FastModel(nn.Module):
+    """The model with its pruned layers swapped; calls run without gradients, in bf16 autocast where native."""
+
+    def __init__(self, model: nn.Module, precision: str):
+        super().__init__()
+        self.model, self.precision = model.eval(), precision
+        self.config = model.config
+
+    def forward(self, **inputs):
+        with torch.inference_mode(), autocast(torch.device("cpu"), self.precision):
+            return self.model(**inputs)
+
+    def layers(self) -> dict[str, str]:
+        """Per swapped layer, which implementation each input size uses (after the first calls)."""
+        return {name: ",".join(f"{b}:{c}" for b, c in sorted(m.choice.items())) or "not run yet"
+                for name, m in self.model.named_modules() if isinstance(m, SparseLinear)}
+
+
+def sparsify(model: nn.Module, names: list[str] | None = None, bf16: bool = False) -> int:
+    """Swap every pruned nn.Linear (or those whose weight is in `names`) for a SparseLinear; returns how many.
+
+    A BERT-style FFN-in (a module with `dense` and an exact GELU as `intermediate_act_fn`) gets GELU fused."""
+    swapped = 0
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            full = f"{parent_name}.{child_name}" if parent_name else child_name
+            if not isinstance(child, nn.Linear) or (names is not None and f"{full}.weight" not in names):
+                continue
+            if float((child.weight != 0).float().mean()) > DENSE_ABOVE:
+                continue
+            act = getattr(parent, "intermediate_act_fn", None)
+            fused = child_name == "dense" and _exact_gelu(act)
+            setattr(parent, child_name, SparseLinear(child, bf16, act if fused else None))
+            if fused:  # the FFN-in is now its linear layer alone: GELU happens inside it
+                object.__setattr__(parent, "forward", getattr(parent, child_name))
+            swapped += 1
+    return swapped
+
+
+def _exact_gelu(act) -> bool:
+    """Whether an activation is the erf GELU the kernel computes (transformers' "gelu", or nn.GELU())."""
+    if isinstance(act, nn.GELU):
+        return act.approximate == "none"
+    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) in (
+        nn.functional.gelu, getattr(act, "_gelu_python", None)) and not getattr(act, "use_gelu_python", False)
+
+
+def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
+    """The trained ticket of an export folder (or any Hugging Face folder with pruned weights) on the fast engine.
+
+    `precision`: 'auto' (bf16 where the CPU has it natively, else fp32), 'bf16' or 'fp32'."""
+    import transformers
+
+    folder = Path(path).expanduser()
+    folder = folder / "model" if (folder / "model" / "config.json").is_file() else folder
+    if not (folder / "config.json").is_file():
+        raise LthError(f"no model at {path}; give a folder written by lth export (or its model/ folder)")
+    config = transformers.AutoConfig.from_pretrained(folder)
+    try:
+        model = getattr(transformers, config.architectures[0]).from_pretrained(folder, attn_implementation="eager")
+    except Exception as exc:  # a damaged or foreign folder
+        raise LthError(f"could not load the model in {folder} ({type(exc).__name__}); export it again") from None
+    if precision == "auto":
+        precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    sparsify(model, _pruned_names(folder.parent), bf16=precision == "bf16")
+    return FastModel(model, precision)
+
+
+def _pruned_names(export: Path) -> list[str] | None:
+    """The weights the ticket prunes, when the folder is an export with its ticket."""
+    if not (export / "ticket.safetensors").is_file():
+        return None
+    from .tickets import read_meta
+
+    return list(read_meta(export / "ticket.safetensors")["shapes"])
+
+
+def predict_file(path: str | Path, source: str, target: str, text_column: str = "text",
+                 pair_column: str | None = None, batch_size: int = 64) -> int:
+    """Label every row of a .csv/.tsv/.jsonl file with an exported classifier on the fast engine; writes a TSV
+    of row, label and the scores; returns the rows written."""
+    import csv
+
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    from .batches import collate, evaluation_order
+    from .files import atomic_path
+    from .tasks.text import _existing, _field, _records
+
+    fast = load_fast(path)
+    if not hasattr(fast.model, "num_labels") or "ForSequenceClassification" not in type(fast.model).__name__:
+        raise LthError(f"lth predict labels text with a classifier; {path} holds a {type(fast.model).__name__}")
+    folder = Path(path).expanduser()
+    tokenizer = AutoTokenizer.from_pretrained(folder / "model" if (folder / "model").is_dir() else folder)
+    records = _records(_existing(source))
+    texts = [_field(r, text_column, "--text-column", where) for where, r in records]
+    pairs = None if pair_column is None else [_field(r, pair_column, "--text-pair-column", w) for w, r in records]
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=512, padding=False)
+    features = [{k: encoded[k][i] for k in ("input_ids", "token_type_ids") if k in encoded} for i in range(len(texts))]
+    labels = fast.config.id2label
+    scores: list = [None] * len(features)
+    with tqdm(total=len(features), desc="predict", unit="ex", dynamic_ncols=True) as bar:
+        for ids in evaluation_order([len(f["input_ids"]) for f in features], batch_size):
+            logits = fast(**collate([features[i] for i in ids], tokenizer.pad_token_id or 0)).logits.float()
+            for i, row in zip(ids, logits.tolist()):
+                scores[i] = row
+            bar.update(len(ids))
+    with atomic_path(target) as tmp, open(tmp, "w", newline="") as handle:
+        out = csv.writer(handle, delimiter="\t")
+        regression = len(scores[0]) == 1
+        out.writerow(["row", "score" if regression else "label", *([] if regression else [f"score_{labels[i]}"
+                                                                                         for i in range(len(labels))])])
+        for row, values in enumerate(scores):
+            best = max(range(len(values)), key=values.__getitem__)
+            out.writerow([row, f"{values[0]:.6f}"] if regression else [row, labels[best], *(f"{v:.6f}" for v in values)])
+    return len(scores)

@@ -1,0 +1,325 @@
+"""Sparse x dense matrix products for CPU inference.
+
+Y = X Wᵀ + b for activations X (tokens, in) and a pruned W (out, in) kept in CSR (rows = outputs). Tokens are
+taken 64 at a time: the tile of X is transposed into a buffer (in x 64, in L2), then for every output row each
+non-zero weight adds w · X[:, i] to 64 accumulators at once (four AVX-512 registers, fused multiply-adds), and
+the tile of outputs is transposed back into Y with the bias added. Tiles run in parallel on torch's threads.
+Inputs and outputs may be bf16 (converted while transposing), the products are fp32.
+
+Three implementations, best first: a C++ kernel with AVX-512 (or AVX2) intrinsics, compiled for this machine
+on first use (needs a C++ compiler; cached by torch); the same algorithm in numba (a wheel, no compiler); and
+none (the engine then keeps the dense matmul). `backend()` says which one runs and why.
+"""
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+TILE = 64
+
+CPP = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <vector>
+
+template <typename T> static inline float as_float(T v) { return static_cast<float>(v); }
+
+#if defined(__AVX512F__)
+// dst[c * dstride + r] = src[r * sstride + c] for a 16 x 16 block of floats.
+static inline void transpose16(const float* src, int64_t sstride, float* dst, int64_t dstride) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * sstride);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 8; ++i) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+    for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * dstride, r[i]);
+}
+#endif
+
+// A tile of `count` token rows of x (tokens x width) -> xt (width x 64), zero-padded past `count`.
+template <typename In>
+static void transpose_in(const In* x, int64_t width, int64_t count, float* stage, float* xt) {
+    const float* rows = nullptr;
+    if constexpr (std::is_same<In, float>::value) {
+        if (count == 64) rows = x;
+    }
+    if (rows == nullptr) {  // bf16 or a short last tile: widen and pad into a staging buffer first
+        for (int64_t t = 0; t < 64; ++t)
+            for (int64_t i = 0; i < width; ++i) stage[t * width + i] = t < count ? as_float(x[t * width + i]) : 0.f;
+        rows = stage;
+    }
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= width; i += 16)
+        for (int64_t t = 0; t < 64; t += 16) transpose16(rows + t * width + i, width, xt + i * 64 + t, 64);
+#endif
+    for (; i < width; ++i)
+        for (int64_t t = 0; t < 64; ++t) xt[i * 64 + t] = rows[t * width + i];
+}
+
+// GELU(x) = x/2 (1 + erf(x/sqrt 2)), erf by Abramowitz and Stegun 7.1.26 (|error| < 1.5e-7), over a row of 64.
+static void gelu64(float* v) {
+#if defined(__AVX512F__)
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.f), scale = _mm512_set1_ps(0.70710678f);
+    for (int j = 0; j < 64; j += 16) {
+        const __m512 x = _mm512_loadu_ps(v + j), z = _mm512_mul_ps(x, scale);
+        const __m512 a = _mm512_abs_ps(z);
+        const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), a, one));
+        __m512 p = _mm512_set1_ps(1.061405429f);
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
+        p = _mm512_mul_ps(p, t);
+        // exp(-a^2) = 2^(-a^2 log2 e): an integer power by scalef, the fraction by a degree-6 polynomial
+        const __m512 e = _mm512_mul_ps(_mm512_mul_ps(a, a), _mm512_set1_ps(-1.44269504f));
+        const __m512 n = _mm512_roundscale_ps(e, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512 f = _mm512_sub_ps(e, n);
+        __m512 q = _mm512_set1_ps(1.53524e-4f);
+        q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(1.33988e-3f));
+        q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(9.61817e-3f));
+        q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(5.55036e-2f));
+        q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(2.40226e-1f));
+        q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(6.93147e-1f));
+        q = _mm512_fmadd_ps(q, f, one);
+        const __m512 y = _mm512_fnmadd_ps(p, _mm512_scalef_ps(q, n), one);  // erf(|z|)
+        const __m512 erf = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(y), _mm512_and_si512(
+            _mm512_castps_si512(z), _mm512_set1_epi32(0x80000000))));
+        _mm512_storeu_ps(v + j, _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(one, erf)));
+    }
+#else
+    for (int j = 0; j < 64; ++j) v[j] = 0.5f * v[j] * (1.f + std::erf(v[j] * 0.70710678f));
+#endif
+}
+
+// acc (rows x 64) -> `count` token rows of y (tokens x rows).
+template <typename In>
+static void transpose_out(const float* acc, int64_t rows, int64_t count, float* stage, In* y) {
+    float* out = nullptr;
+    if constexpr (std::is_same<In, float>::value) {
+        if (count == 64) out = y;
+    }
+    float* dst = out ? out : stage;
+    int64_t o = 0;
+#if defined(__AVX512F__)
+    for (; o + 16 <= rows; o += 16)
+        for (int64_t t = 0; t < 64; t += 16) transpose16(acc + o * 64 + t, 64, dst + t * rows + o, rows);
+#endif
+    for (; o < rows; ++o)
+        for (int64_t t = 0; t < 64; ++t) dst[t * rows + o] = acc[o * 64 + t];
+    if (!out)
+        for (int64_t t = 0; t < count; ++t)
+            for (int64_t r = 0; r < rows; ++r) y[t * rows + r] = static_cast<In>(stage[t * rows + r]);
+}
+
+static inline void row_products(const float* xt, const int64_t* indptr, const int16_t* indices,
+                                const float* values, float bias, int64_t o, float* out) {
+#if defined(__AVX512F__)
+    // two interleaved sets of accumulators: two independent chains of fused multiply-adds hide their latency
+    __m512 a0 = _mm512_set1_ps(bias), a1 = a0, a2 = a0, a3 = a0;
+    __m512 b0 = _mm512_setzero_ps(), b1 = b0, b2 = b0, b3 = b0;
+    int64_t k = indptr[o];
+    const int64_t end = indptr[o + 1];
+    for (; k + 1 < end; k += 2) {
+        const __m512 w = _mm512_set1_ps(values[k]), v = _mm512_set1_ps(values[k + 1]);
+        const float* c = xt + static_cast<int64_t>(indices[k]) * 64;
+        const float* d = xt + static_cast<int64_t>(indices[k + 1]) * 64;
+        a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(c), a0);
+        a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(c + 16), a1);
+        a2 = _mm512_fmadd_ps(w, _mm512_loadu_ps(c + 32), a2);
+        a3 = _mm512_fmadd_ps(w, _mm512_loadu_ps(c + 48), a3);
+        b0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(d), b0);
+        b1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(d + 16), b1);
+        b2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(d + 32), b2);
+        b3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(d + 48), b3);
+    }
+    if (k < end) {
+        const __m512 w = _mm512_set1_ps(values[k]);
+        const float* c = xt + static_cast<int64_t>(indices[k]) * 64;
+        a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(c), a0);
+        a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(c + 16), a1);
+        a2 = _mm512_fmadd_ps(w, _mm512_loadu_ps(c + 32), a2);
+        a3 = _mm512_fmadd_ps(w, _mm512_loadu_ps(c + 48), a3);
+    }
+    _mm512_storeu_ps(out, _mm512_add_ps(a0, b0)); _mm512_storeu_ps(out + 16, _mm512_add_ps(a1, b1));
+    _mm512_storeu_ps(out + 32, _mm512_add_ps(a2, b2)); _mm512_storeu_ps(out + 48, _mm512_add_ps(a3, b3));
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 a[8];
+    for (int j = 0; j < 8; ++j) a[j] = _mm256_set1_ps(bias);
+    for (int64_t k = indptr[o]; k < indptr[o + 1]; ++k) {
+        const __m256 w = _mm256_set1_ps(values[k]);
+        const float* c = xt + static_cast<int64_t>(indices[k]) * 64;
+        for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(c + 8 * j), a[j]);
+    }
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(out + 8 * j, a[j]);
+#else
+    for (int t = 0; t < 64; ++t) out[t] = bias;
+    for (int64_t k = indptr[o]; k < indptr[o + 1]; ++k) {
+        const float w = values[k];
+        const float* c = xt + static_cast<int64_t>(indices[k]) * 64;
+        for (int t = 0; t < 64; ++t) out[t] += w * c[t];
+    }
+#endif
+}
+
+template <typename In, typename Out>
+static void tiles(const In* x, int64_t tokens, int64_t width, const int64_t* indptr, const int16_t* indices,
+                  const float* values, const float* bias, int64_t rows, Out* y, bool gelu, int64_t begin,
+                  int64_t end) {
+    std::vector<float> xt(width * 64), acc(rows * 64), stage(64 * std::max(width, rows));
+    for (int64_t tile = begin; tile < end; ++tile) {
+        const int64_t start = tile * 64, count = std::min<int64_t>(64, tokens - start);
+        transpose_in<In>(x + start * width, width, count, stage.data(), xt.data());
+        for (int64_t o = 0; o < rows; ++o) {
+            row_products(xt.data(), indptr, indices, values, bias[o], o, acc.data() + o * 64);
+            if (gelu) gelu64(acc.data() + o * 64);
+        }
+        transpose_out<Out>(acc.data(), rows, count, stage.data(), y + start * rows);
+    }
+}
+
+template <typename In, typename Out>
+static void run(const torch::Tensor& x, const torch::Tensor& indptr, const torch::Tensor& indices,
+                const torch::Tensor& values, const torch::Tensor& bias, torch::Tensor& y, bool gelu) {
+    const int64_t tokens = x.size(0), width = x.size(1), rows = indptr.size(0) - 1;
+    const In* xp = reinterpret_cast<const In*>(x.data_ptr());
+    Out* yp = reinterpret_cast<Out*>(y.data_ptr());
+    at::parallel_for(0, (tokens + 63) / 64, 1, [&](int64_t begin, int64_t end) {
+        tiles<In, Out>(xp, tokens, width, indptr.data_ptr<int64_t>(), indices.data_ptr<int16_t>(),
+                       values.data_ptr<float>(), bias.data_ptr<float>(), rows, yp, gelu, begin, end);
+    });
+}
+
+// y = x Wᵀ + b (then GELU if asked); x float32 or bfloat16, y in `bf16_out ? bfloat16 : x's dtype`.
+torch::Tensor sparse_linear(torch::Tensor x, torch::Tensor indptr, torch::Tensor indices, torch::Tensor values,
+                            torch::Tensor bias, bool gelu, bool bf16_out) {
+    const bool bf16_in = x.scalar_type() == at::ScalarType::BFloat16;
+    auto y = torch::empty({x.size(0), indptr.size(0) - 1},
+                          x.options().dtype(bf16_out || bf16_in ? at::kBFloat16 : at::kFloat));
+    if (bf16_in) run<at::BFloat16, at::BFloat16>(x, indptr, indices, values, bias, y, gelu);
+    else if (bf16_out) run<float, at::BFloat16>(x, indptr, indices, values, bias, y, gelu);
+    else run<float, float>(x, indptr, indices, values, bias, y, gelu);
+    return y;
+}
+"""
+
+
+class CSR:
+    """A pruned weight matrix: per output row, the columns (int16) and values (fp32) of its non-zeros."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        w = weight.detach().float().cpu()
+        if w.shape[1] > 32767:
+            raise ValueError(f"{w.shape[1]} input features do not fit int16 column indices")
+        self.shape = tuple(w.shape)
+        nonzero = w != 0
+        self.indptr = torch.cat([torch.zeros(1, dtype=torch.int64), nonzero.sum(1).cumsum(0)])
+        rows, cols = nonzero.nonzero(as_tuple=True)  # row-major order: CSR
+        self.indices = cols.to(torch.int16).contiguous()
+        self.values = w[rows, cols].contiguous()
+        self.bias = (torch.zeros(w.shape[0]) if bias is None else bias.detach().float().cpu()).contiguous()
+
+    @property
+    def density(self) -> float:
+        return len(self.values) / (self.shape[0] * self.shape[1])
+
+
+@lru_cache(maxsize=1)
+def _native():
+    """The compiled C++ kernel, or the reason it is not there."""
+    if os.environ.get("LTH_NO_NATIVE"):
+        return None, "LTH_NO_NATIVE is set"
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        module = load_inline("lth_sparse_v5", cpp_sources=CPP, functions=["sparse_linear"],
+                             extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                             verbose=False)
+        return module, None
+    except Exception as exc:  # no compiler, no ninja, an unsupported platform: numba or dense instead
+        return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
+
+
+@lru_cache(maxsize=1)
+def _numba():
+    try:
+        from numba import njit, prange
+    except ImportError:
+        return None
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def run(x, indptr, indices, values, bias, out):  # pragma: no cover - compiled
+        tokens, width = x.shape
+        rows = out.shape[1]
+        for tile in prange((tokens + TILE - 1) // TILE):
+            start = tile * TILE
+            count = min(TILE, tokens - start)
+            xt = np.zeros((width, TILE), dtype=np.float32)
+            for t in range(count):
+                for i in range(width):
+                    xt[i, t] = x[start + t, i]
+            acc = np.empty((rows, TILE), dtype=np.float32)
+            for o in range(rows):
+                for t in range(TILE):
+                    acc[o, t] = bias[o]
+                for k in range(indptr[o], indptr[o + 1]):
+                    w, column = values[k], xt[indices[k]]
+                    for t in range(TILE):
+                        acc[o, t] += w * column[t]
+            for t in range(count):
+                for o in range(rows):
+                    out[start + t, o] = acc[o, t]
+    return run
+
+
+def backend() -> tuple[str, str]:
+    """(which sparse kernel runs here, why not a better one)."""
+    native, why = _native()
+    if native is not None:
+        return "native", "C++ kernel compiled for this CPU"
+    if _numba() is not None:
+        return "numba", f"the C++ kernel could not be built ({why}); numba instead"
+    return "none", f"no C++ kernel ({why}) and no numba: the dense matmuls are kept"
+
+
+def sparse_linear(x: torch.Tensor, csr: CSR, gelu: bool = False, bf16_out: bool = False) -> torch.Tensor:
+    """x (..., in) -> (..., out) = x Wᵀ + b from the non-zeros of W, then (exact, erf) GELU if asked.
+
+    The result is bf16 when x is, or when `bf16_out`; fp32 otherwise."""
+    lead, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    native, _ = _native()
+    if native is not None:
+        flat = flat if flat.dtype in (torch.float32, torch.bfloat16) else flat.float()
+        out = native.sparse_linear(flat.contiguous(), csr.indptr, csr.indices, csr.values, csr.bias, gelu, bf16_out)
+        return out.reshape(*lead, csr.shape[0])
+    run = _numba()
+    if run is None:
+        raise RuntimeError("no sparse kernel here: " + backend()[1])
+    out = np.empty((flat.shape[0], csr.shape[0]), dtype=np.float32)
+    run(flat.float().contiguous().numpy(), csr.indptr.numpy(), csr.indices.numpy(), csr.values.numpy(),
+        csr.bias.numpy(), out)
+    y = torch.from_numpy(out)
+    y = torch.nn.functional.gelu(y) if gelu else y
+    return y.to(torch.bfloat16 if bf16_out else x.dtype).reshape(*lead, csr.shape[0])

@@ -1,0 +1,153 @@
+"""The fast engine: sparse kernels against a dense reference on random shapes, the engine against the masked
+model, `lth predict`, `lth speed` and the inference benchmark on a tiny exported ticket."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lth
+from lth.cli import main
+from lth.fast import SparseLinear, sparsify
+from lth.kernels import CSR, _numba, backend, sparse_linear
+
+from tiny import make_tiny, toy_task
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = [(1, 16, 16), (63, 40, 24), (64, 384, 384), (130, 20, 37), (200, 96, 48)]  # tokens, out, in
+
+
+def pruned(out: int, width: int, density: float, seed: int, empty_rows: bool = True) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out, width, generator=g) * (torch.rand(out, width, generator=g) < density)
+    if empty_rows and out > 2:
+        w[::3] = 0  # every third output row has no weight left: its outputs are the bias alone
+    return w
+
+
+def test_the_native_kernel_is_built_here():
+    assert backend()[0] == "native", backend()[1]  # this machine has a compiler: the C++ kernel must build
+
+
+@pytest.mark.parametrize("tokens, out, width", SHAPES)
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 0.9, 1.0])
+def test_sparse_linear_equals_the_dense_product(tokens, out, width, density):
+    w, b = pruned(out, width, density, tokens), torch.randn(out)
+    x = torch.randn(tokens, width)
+    want = x @ w.T + b
+    assert torch.allclose(sparse_linear(x, CSR(w, b)), want, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(sparse_linear(x, CSR(w, b), gelu=True), torch.nn.functional.gelu(want), atol=1e-4)
+    xb = x.bfloat16()
+    got = sparse_linear(xb, CSR(w, b))
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), xb.float() @ w.T + b, atol=0.05 * max(1.0, want.abs().max().item()) / 8)
+    batched = sparse_linear(x.reshape(1, tokens, width), CSR(w))
+    assert batched.shape == (1, tokens, out) and torch.allclose(batched[0], x @ w.T, atol=1e-4)
+
+
+@pytest.mark.parametrize("tokens, out, width", SHAPES[:3])
+def test_the_numba_kernel_equals_the_dense_product(tokens, out, width):
+    run = _numba()
+    w, b = pruned(out, width, 0.2, 1), torch.randn(out)
+    x = torch.randn(tokens, width)
+    got = np.empty((tokens, out), dtype=np.float32)
+    csr = CSR(w, b)
+    run(x.numpy(), csr.indptr.numpy(), csr.indices.numpy(), csr.values.numpy(), csr.bias.numpy(), got)
+    assert np.allclose(got, (x @ w.T + b).numpy(), atol=1e-4)
+
+
+def test_sparse_linear_chooses_the_faster_and_matches_the_dense_layer():
+    linear = torch.nn.Linear(48, 32)
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand(32, 48) < 0.1)
+    layer = SparseLinear(linear)
+    x = torch.randn(3, 50, 48)
+    assert torch.allclose(layer(x), linear(x), atol=1e-5)
+    assert set(layer.choice) == {256} and layer.choice[256] in ("sparse", "dense")
+    layer.choice[256] = "sparse"
+    assert torch.allclose(layer(x), linear(x), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fast")
+    train, dev = toy_task(root / "data")
+    run = lth.find(model=make_tiny(root / "model"), task=train, eval=dev, runs_dir=str(root / "runs"), epochs=6,
+                   batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, max_sparsity=0.8, precision="fp32",
+                   threads=1)["run"]
+    lth.export(run, root / "ticket", level=2)
+    return {"root": root, "to": root / "ticket", "dev": dev}
+
+
+def test_load_fast_predicts_as_the_masked_model(shipped):
+    from transformers import AutoModelForSequenceClassification
+
+    dense = AutoModelForSequenceClassification.from_pretrained(shipped["to"] / "model").eval()
+    ids = torch.tensor([[2, 5, 14, 6, 17, 3, 0, 0], [2, 10, 15, 9, 11, 12, 18, 3]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        want = dense(**batch).logits
+    exact = lth.load_fast(shipped["to"], precision="fp32")
+    assert len(exact.layers()) == 13, "every pruned matrix is swapped (the pooler too)"
+    for _ in range(2):  # the first call chooses per layer; both choices must give the model's outputs
+        assert torch.allclose(exact(**batch).logits, want, atol=1e-5)
+    for layer in exact.model.modules():
+        if isinstance(layer, SparseLinear):
+            layer.choice = {k: "sparse" for k in layer.choice}
+    assert torch.allclose(exact(**batch).logits, want, atol=1e-5), "all-sparse equals the dense model"
+    half = lth.load_fast(shipped["to"], precision="bf16")
+    assert torch.allclose(half(**batch).logits.float(), want, atol=0.05)
+
+
+def test_predict_labels_a_file(shipped, tmp_path, capsys):
+    out = tmp_path / "labels.tsv"
+    assert main(["predict", str(shipped["to"]), "--input", shipped["dev"], "--output", str(out)]) == 0
+    rows = list(csv.reader(out.read_text().splitlines(), delimiter="\t"))
+    assert rows[0] == ["row", "label", "score_0", "score_1"] and len(rows) == 33
+    assert all(r[1] == ("0" if float(r[2]) >= float(r[3]) else "1") for r in rows[1:])
+    assert main(["predict", str(shipped["to"]), "--input", shipped["dev"], "--output", str(out),
+                 "--text-column", "nope"]) == 2
+    assert "no column 'nope'" in capsys.readouterr().err
+
+
+def test_speed_and_the_benchmark_run_on_a_tiny_model(shipped, capsys):
+    assert main(["speed", str(shipped["to"]), "--batch-size", "4", "--length", "16", "--repeats", "2",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for engine in ("torch fp32", "torch bf16", "onnxruntime fp32", "openvino f32", "openvino bf16", "lth sparse"):
+        assert engine in out, engine
+    bench = subprocess.run([sys.executable, str(REPO / "benchmarks" / "inference_speed.py"), "--model",
+                            str(shipped["root"] / "model"), "--sparsities", "0.5,0.9", "--batch-size", "4",
+                            "--length", "16", "--repeats", "2", "--threads", "1"],
+                           env={**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"},
+                           capture_output=True, text=True, timeout=600)
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    assert bench.stdout.count("fastest dense engine") == 4 and "layers on the sparse kernel" in bench.stdout
+
+
+def test_sparsify_fuses_gelu_into_the_ffn_in(shipped):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(shipped["to"] / "model").eval()
+    reference = AutoModelForSequenceClassification.from_pretrained(shipped["to"] / "model").eval()
+    assert sparsify(model) == 13
+    ffn_in = model.bert.encoder.layer[0].intermediate
+    assert isinstance(ffn_in.dense, SparseLinear) and ffn_in.dense.gelu is not None
+    x = torch.randn(1, 5, 32)
+    with torch.no_grad():
+        assert torch.allclose(ffn_in(x), reference.bert.encoder.layer[0].intermediate(x), atol=1e-5)
+
+
+def test_without_the_native_kernel_the_engine_says_so_and_still_computes():
+    script = ("import torch; from lth.kernels import backend, sparse_linear, CSR; print(backend()); "
+              "w = torch.randn(8, 16) * (torch.rand(8, 16) < 0.3); x = torch.randn(5, 16); "
+              "print(torch.allclose(sparse_linear(x, CSR(w)), x @ w.T, atol=1e-5))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src"), "LTH_NO_NATIVE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "('numba', 'the C++ kernel could not be built (LTH_NO_NATIVE is set); numba instead')" in out.stdout
+    assert out.stdout.strip().endswith("True")
