@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lth
-from lth import figures, masks
+from lth import figures
 from lth.cli import main
 from lth.reporting import report
 from lth.tickets import density_map

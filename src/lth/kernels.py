@@ -12,7 +12,6 @@ none (the engine then keeps the dense matmul). `backend()` says which one runs a
 """
 from __future__ import annotations
 
-import math
 import os
 from functools import lru_cache
 
