@@ -19,7 +19,7 @@ def metric_vs_sparsity(levels: list[dict], results: dict | None, winning: dict |
                        transfers: list[tuple[str, float, dict]] = ()) -> plt.Figure:
     """IMP over sparsity, the full model's mean ± std band, every baseline and transfer as mean ± std, and the
     winning sparsities under both rules. `levels`: the search's records; `results`: the verdict's table."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8.6, 3.9), layout="constrained")
     trunk = [(r["sparsity"] * 100, r["metrics"].get(metric)) for r in levels if r["metrics"].get(metric) is not None]
     if trunk:
         ax.plot(*zip(*trunk), "o-", color=COLORS["imp"], label="IMP (the search, seed 1)", zorder=3)
@@ -34,10 +34,13 @@ def metric_vs_sparsity(levels: list[dict], results: dict | None, winning: dict |
         xs, means, stds = zip(*points)
         ax.errorbar(xs, means, yerr=stds, fmt="s--" if kind != "imp" else "D", capsize=3, ms=4,
                     color=COLORS.get(kind, "black"), label=f"{kind}, mean ± std" if kind != "imp" else "IMP, mean ± std")
+    sources = list(dict.fromkeys(label.rsplit(" level ", 1)[0] for label, _, _ in transfers))
+    palette = plt.get_cmap("Dark2").colors
     for label, sparsity, stats in transfers:
-        if stats and stats["mean"] is not None:
+        if stats and stats["mean"] is not None:  # one colour per source run, its levels side by side
+            color = palette[sources.index(label.rsplit(" level ", 1)[0]) % len(palette)]
             ax.errorbar([sparsity * 100], [stats["mean"]], yerr=[stats["std"] or 0], fmt="*", ms=10, capsize=3,
-                        color=COLORS["transfer"], label=f"transfer: {label}")
+                        color=color, label=f"transfer: {label}")
     for rule, style in (("1sigma", ":"), ("strict", "-.")):
         at = (winning or {}).get(rule)
         if at is not None:
@@ -46,7 +49,7 @@ def metric_vs_sparsity(levels: list[dict], results: dict | None, winning: dict |
     ax.set_xlabel("sparsity (% of prunable weights removed)")
     ax.set_ylabel(metric)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best", frameon=False)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 

@@ -253,8 +253,25 @@ def across_runs(page: Page, views: list[RunView]) -> None:
     cells = [(_sources(e), v.run.name, summarize(next(iter(e["table"]["levels"].values()))["imp"]).get(v.primary),
               summarize(e["table"]["full"]).get(v.primary), e) for v in views for e in v.transfers.values()]
     if cells:
-        transfer_heatmap(page, cells)
+        transfer_heatmap(page, cells + own_tickets(views, {c[0] for c in cells}))
     page.add("</section>")
+
+
+def own_tickets(views: list[RunView], sources: set[str]) -> list:
+    """The matrix's diagonal: a source that is a level of a run in the report, judged on that run itself."""
+    found = []
+    for v in views:
+        for record in v.levels:
+            label = f"{v.run.name} level {record['level']}"
+            key = f"{record['sparsity']:.6f}"
+            row = v.results.get("levels", {}).get(key)
+            if label in sources and row and v.verdict:
+                wins = {rule: outcomes(v.results, v.primary, rule).get(float(key)) for rule in ("1sigma", "strict")}
+                entry = {"sparsity": record["sparsity"], "own": True, "verdict": {"primary": v.primary, "winning": {
+                    v.primary: {rule: float(key) if won else None for rule, won in wins.items()}}}}
+                found.append((label, v.run.name, summarize(row["imp"]).get(v.primary),
+                              summarize(v.results["full"]).get(v.primary), entry))
+    return found
 
 
 def transfer_heatmap(page: Page, cells: list) -> None:
@@ -270,12 +287,13 @@ def transfer_heatmap(page: Page, cells: list) -> None:
             judged = entry.get("verdict") or {}
             wins = judged.get("winning", {}).get(judged.get("primary"), {})
             mark = "**" if wins.get("strict") is not None else "*" if wins.get("1sigma") is not None else ""
-            text[i][j] = f"{ticket['mean']:.3f}{mark}"
-            rows[i + 1][j + 1] = f"{mean_std(ticket)}{mark} @{pct(entry['sparsity'])}"
+            own = " (own)" if entry.get("own") else ""
+            text[i][j] = f"{ticket['mean']:.3f}{mark}{own}"
+            rows[i + 1][j + 1] = f"{mean_std(ticket)}{mark}{own} @{pct(entry['sparsity'])}"
     page.figure(figures.heatmap(values, sources, targets, "transfer: ticket minus the target's full model",
                                 "difference in the target's primary metric", text, centered=True),
                 "across-transfer", "transfer matrix: each cell the transferred ticket's mean (** wins strictly, * within "
-                "1σ), coloured by its difference to the target's full model")
+                "1σ; (own): the target's own ticket), coloured by its difference to the target's full model")
     page.table(rows, "across-transfer", "transfer matrix: mean ± std on the target's primary metric")
 
 
