@@ -58,6 +58,16 @@ def test_every_figure_and_table_is_in_the_page_and_in_files(runs, page):
         assert f'<table id="{name}">' in text
         assert (page / "tables" / f"{name}.csv").is_file() and "\\begin{tabular}" in (page / "tables" / f"{name}.tex").read_text()
     assert len(transfer) == 1 and "http" not in text.replace("http://www.w3.org", ""), "nothing to fetch"
+    matrix = (page / "tables" / "across-transfer.csv").read_text().splitlines()
+    source = f"{mlm} level 1"
+    row = next(line for line in matrix if line.startswith(source)).split(",")
+    assert row[1].startswith(f"{_transfer_mean(runs['judged'], 'accuracy'):.4f}")  # the transfer, on the classifier
+    assert "(own)" in row[2], "the diagonal: the MLM run's own level-1 ticket"
+
+
+def _transfer_mean(run: Path, metric: str) -> float:
+    values = [json.loads(p.read_text())["metrics"][metric] for p in run.glob("branches/transfer/*/seed_*/metrics.json")]
+    return statistics.mean(values)
 
 
 def test_the_verdict_table_holds_the_numbers_on_disk(runs, page):
