@@ -218,3 +218,11 @@ def test_a_file_system_without_locks_is_one_line(toy, tmp_path, capsys, monkeypa
     monkeypatch.setattr("lth.runs.fcntl.flock", no_locks)
     assert main(flags(toy, tmp_path)) == 2
     assert "does not support file locks (No locks available)" in capsys.readouterr().err
+
+
+def test_several_processes_without_accelerate_is_one_line(toy, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # import accelerate now raises ImportError
+    assert main(flags(toy, tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'lth[scale]'" in err and len(err.splitlines()) == 1, err

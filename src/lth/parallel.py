@@ -98,8 +98,11 @@ def start(flag: str) -> Ranks:
         torch.backends.cudnn.allow_tf32 = True
     if not launched():
         return Ranks(device=device)
-    from accelerate import PartialState
-
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        raise LthError("several processes need Hugging Face Accelerate: pip install 'lth[scale]' "
+                       "(or pip install accelerate)") from None
     state = PartialState(cpu=device.type == "cpu")
     if state.num_processes < 2:
         raise LthError("launched as one of several processes, but the process group did not form; on CPUs use "
