@@ -119,10 +119,29 @@ def test_compact_is_small_and_loads_back_bit_identical(shipped):
     floats = 4 * (files["kept_weights"] + (files["compact_bound_bytes"] - 4 * files["kept_weights"]
                                            - sum((m.numel() + 7) // 8 for m in load_ticket(shipped["to"])[0].values())) // 4)
     assert floats <= data <= files["compact_bound_bytes"], "kept values + other weights <= data <= that + mask bits"
+    mask_bytes = sum(len(b) for b in _packed_masks(path))
+    assert files["compact_prunable_bytes"] == 4 * files["kept_weights"] + mask_bytes
+    assert files["compact_prunable_bytes"] <= 4 * files["kept_weights"] + sum(
+        (m.numel() + 7) // 8 for m in load_ticket(shipped["to"])[0].values()), "a mask never beyond a bit a weight"
     compact = load_compact(shipped["to"] / "compact")
     reference = masked_trained_model(shipped).state_dict()
     state = compact.state_dict()
     assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
+
+
+def _packed_masks(path):
+    """The stored bytes of every bit mask in a compact file, read with safetensors itself."""
+    from safetensors.numpy import load_file
+
+    return [a.tobytes() for k, a in load_file(str(path)).items() if k.endswith("::mask")]
+
+
+def test_every_exported_file_has_the_umask_permissions(shipped):
+    """transformers writes its weights 0600 through a temporary file; a shared ticket must be readable."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {str(p.relative_to(shipped["to"])): p.stat().st_mode & 0o777 for p in shipped["to"].rglob("*") if p.is_file()}
+    assert "model/model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
 
 
 def test_fp16_compact_is_half_and_its_metrics_are_measured(shipped, tmp_path):

@@ -20,7 +20,7 @@ import torch
 from . import __version__, masks
 from .config import FindSettings
 from .errors import LthError
-from .files import load_into, load_json, load_tensors, save_json, save_model
+from .files import load_into, load_json, load_tensors, save_json, save_model, share
 from .runs import level_dir, read_record
 from .search import Search, open_search, rewind
 from .tickets import entropy_bytes, load_compact, save_compact, save_ticket
@@ -55,10 +55,12 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
     save_ticket(mask, to / "ticket.safetensors", about)
     head = HEADS[type(search.task).__name__]
     save_hf_folder(search, to / "model")
+    share(to / "model")
     dtype = torch.float16 if fp16 else torch.float32
     save_compact(search.model, mask, to / "compact" / "compact.safetensors", dtype, dict(about))
     search.model.config.save_pretrained(to / "compact")
     search.tokenizer.save_pretrained(to / "compact")
+    share(to / "compact")
     result = {**about, "head": head, "files": {}, "metrics": {"run": record["metrics"], "retrained": metrics}}
     result["metrics"]["model"] = search.evaluate("exported model", reload_hf(to / "model", head))
     result["metrics"][f"compact ({'fp16' if fp16 else 'fp32'})"] = search.evaluate("compact", load_compact(to / "compact"))
@@ -157,10 +159,19 @@ def sizes(to: Path, mask: masks.Mask, model, dtype: torch.dtype) -> dict:
     others = sum(t.numel() for name, t in model.state_dict().items() if name not in mask and name in params)
     width = torch.finfo(dtype).bits // 8
     files = {str(p.relative_to(to)): p.stat().st_size for p in sorted(to.rglob("*")) if p.is_file()}
-    return {"bytes": files, "prunable_weights": total, "kept_weights": kept,
+    from safetensors import safe_open
+
+    with safe_open(to / "compact" / "compact.safetensors", "pt") as handle:  # the pruned matrices' share of it
+        encoder = sum(math.prod(handle.get_slice(k).get_shape()) * _itemsize(handle.get_slice(k).get_dtype())
+                      for k in handle.keys() if k.endswith(("::values", "::mask")))
+    return {"bytes": files, "compact_prunable_bytes": encoder, "prunable_weights": total, "kept_weights": kept,
             "ticket_bits_bytes": math.ceil(total / 8), "ticket_entropy_bytes": round(entropy_bytes(mask)),
             "compact_bound_bytes": kept * width + sum(math.ceil(m.numel() / 8) for m in mask.values()) + others * width,
             "dense_prunable_bytes": total * 4}
+
+
+def _itemsize(dtype: str) -> int:
+    return {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "BOOL": 1, "I64": 8, "I32": 4}[dtype]
 
 
 def report(result: dict, to: Path) -> str:
@@ -170,7 +181,9 @@ def report(result: dict, to: Path) -> str:
              f"{mb(files['ticket_bits_bytes'])}; entropy bound {mb(files['ticket_entropy_bytes'])})",
              f"  model/               {mb(files['bytes']['model/model.safetensors'])}  (dense, zeros in place)",
              f"  compact/             {mb(files['bytes']['compact/compact.safetensors'])}  (bound "
-             f"{mb(files['compact_bound_bytes'])})"]
+             f"{mb(files['compact_bound_bytes'])}); its pruned matrices {mb(files['compact_prunable_bytes'])}, "
+             f"{files['compact_prunable_bytes'] / files['dense_prunable_bytes']:.1%} of their dense "
+             f"{mb(files['dense_prunable_bytes'])}"]
     if "model.onnx" in files["bytes"]:
         lines.append(f"  model.onnx           {mb(files['bytes']['model.onnx'])}")
     for name, values in result["metrics"].items():

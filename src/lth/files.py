@@ -35,6 +35,15 @@ def _current_umask() -> int:
     return mask
 
 
+def share(folder: Path) -> None:
+    """Give the files in `folder` the permissions the umask gives: libraries that write through a temporary file
+    (transformers' save_pretrained) leave their weights 0600, unreadable to whoever the folder is shared with."""
+    mode = 0o666 & ~_current_umask()
+    for path in Path(folder).iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
 class DamagedFile(LthError):
     """A file lth wrote earlier cannot be read back; the message says which and what to do."""
 
