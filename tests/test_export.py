@@ -16,7 +16,7 @@ import lth
 from lth import masks
 from lth.cli import main
 from lth.files import load_into
-from lth.tickets import load_compact, load_ticket, pack, unpack
+from lth.tickets import entropy_bytes, load_compact, load_ticket, pack, unpack
 
 from tiny import make_tiny, toy_task
 
@@ -53,6 +53,15 @@ def test_bits_round_trip_at_every_density(density):
     data, encoding = pack(mask)
     assert torch.equal(unpack(data, encoding, [37, 53]), mask)
     assert data.numel() <= (37 * 53 + 7) // 8, "never more than one bit a weight"
+
+
+def test_entropy_bounds_by_hand():
+    half = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0], dtype=torch.bool)
+    mask = {"a": half, "b": torch.ones(8, dtype=torch.bool)}
+    # one density: 12 of 16 kept, H(0.75) = 0.811278 bits a weight; per matrix: H(0.5) = 1 bit x 8, H(1) = 0
+    assert entropy_bytes(mask) == pytest.approx(16 * 0.8112781 / 8)
+    assert entropy_bytes(mask, per_matrix=True) == pytest.approx(1.0)
+    assert entropy_bytes({"b": mask["b"]}) == 0.0
 
 
 def test_ticket_round_trip_is_bit_exact_and_carries_what_it_is(shipped):

@@ -166,6 +166,7 @@ def sizes(to: Path, mask: masks.Mask, model, dtype: torch.dtype) -> dict:
                       for k in handle.keys() if k.endswith(("::values", "::mask")))
     return {"bytes": files, "compact_prunable_bytes": encoder, "prunable_weights": total, "kept_weights": kept,
             "ticket_bits_bytes": math.ceil(total / 8), "ticket_entropy_bytes": round(entropy_bytes(mask)),
+            "ticket_entropy_per_matrix_bytes": round(entropy_bytes(mask, per_matrix=True)),
             "compact_bound_bytes": kept * width + sum(math.ceil(m.numel() / 8) for m in mask.values()) + others * width,
             "dense_prunable_bytes": total * 4}
 
@@ -178,7 +179,8 @@ def report(result: dict, to: Path) -> str:
     files, mb = result["files"], lambda n: f"{n / 2**20:,.2f} MB"
     lines = [f"exported level {result['level']} of {result['run']} ({pct(masks_sparsity(result))} sparse) to {to}",
              f"  ticket.safetensors   {mb(files['bytes']['ticket.safetensors'])}  (one bit a weight: "
-             f"{mb(files['ticket_bits_bytes'])}; entropy bound {mb(files['ticket_entropy_bytes'])})",
+             f"{mb(files['ticket_bits_bytes'])}; entropy bound {mb(files['ticket_entropy_bytes'])} at one density, "
+             f"{mb(files['ticket_entropy_per_matrix_bytes'])} at each matrix's)",
              f"  model/               {mb(files['bytes']['model/model.safetensors'])}  (dense, zeros in place)",
              f"  compact/             {mb(files['bytes']['compact/compact.safetensors'])}  (bound "
              f"{mb(files['compact_bound_bytes'])}); its pruned matrices {mb(files['compact_prunable_bytes'])}, "

@@ -43,13 +43,17 @@ def unpack(data: torch.Tensor, encoding: str, shape: list[int]) -> torch.Tensor:
     return torch.from_numpy(bits.astype(bool)).reshape(shape)
 
 
-def entropy_bytes(mask: masks.Mask) -> float:
-    """The entropy bound of a mask with this density, if each weight were kept independently: n·H(p)/8 bytes."""
-    kept, total = masks.count(mask)
-    p = kept / total
-    if p in (0.0, 1.0):
-        return 0.0
-    return total * -(p * math.log2(p) + (1 - p) * math.log2(1 - p)) / 8
+def entropy_bytes(mask: masks.Mask, per_matrix: bool = False) -> float:
+    """The entropy bound of a mask if each weight were kept independently with the mask's density: n·H(p)/8 bytes.
+
+    `per_matrix`: with each matrix's own density instead (lower: global pruning keeps matrices unevenly), the
+    bound a coder that knows the per-matrix densities could reach."""
+    groups = [masks.count({k: m}) for k, m in mask.items()] if per_matrix else [masks.count(mask)]
+    return sum(total * _binary_entropy(kept / total) / 8 for kept, total in groups if total)
+
+
+def _binary_entropy(p: float) -> float:
+    return 0.0 if p in (0.0, 1.0) else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
 
 
 # -- the ticket: a mask relative to its base model ------------------------------------------------------------
