@@ -120,7 +120,9 @@ def heatmap(values: np.ndarray, rows: list[str], columns: list[str], title: str,
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     for (i, j), value in np.ndenumerate(values):
         shown = text[i][j] if text else ("" if not np.isfinite(value) else f"{value:.2f}")
-        ax.text(j, i, shown, ha="center", va="center", fontsize=6)
+        r, g, b, _ = image.cmap(image.norm(value)) if np.isfinite(value) else (1, 1, 1, 1)
+        dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # white text on dark cells, black on light
+        ax.text(j, i, shown, ha="center", va="center", fontsize=6, color="white" if dark else "black")
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label=label, shrink=0.8)
     return fig
