@@ -176,7 +176,7 @@ def _itemsize(dtype: str) -> int:
 
 
 def report(result: dict, to: Path) -> str:
-    files, mb = result["files"], lambda n: f"{n / 2**20:,.2f} MB"
+    files, mb = result["files"], lambda n: f"{n / 2**20:,.2f} MiB"
     lines = [f"exported level {result['level']} of {result['run']} ({pct(masks_sparsity(result))} sparse) to {to}",
              f"  ticket.safetensors   {mb(files['bytes']['ticket.safetensors'])}  (one bit a weight: "
              f"{mb(files['ticket_bits_bytes'])}; entropy bound {mb(files['ticket_entropy_bytes'])} at one density, "
