@@ -45,8 +45,21 @@ def test_sparse_linear_equals_the_dense_product(tokens, out, width, density):
     got = sparse_linear(xb, CSR(w, b))
     assert got.dtype == torch.bfloat16
     assert torch.allclose(got.float(), xb.float() @ w.T + b, atol=0.05 * max(1.0, want.abs().max().item()) / 8)
+    # bf16 in or out only rounds: the same fp32 sums, rounded to nearest even exactly as torch rounds them
+    assert torch.equal(got, sparse_linear(xb.float(), CSR(w, b)).bfloat16())
+    assert torch.equal(sparse_linear(x, CSR(w, b), bf16_out=True), sparse_linear(x, CSR(w, b)).bfloat16())
     batched = sparse_linear(x.reshape(1, tokens, width), CSR(w))
     assert batched.shape == (1, tokens, out) and torch.allclose(batched[0], x @ w.T, atol=1e-4)
+
+
+def test_bf16_rounding_ties_to_even_and_keeps_nan_and_inf():
+    """An identity weight passes values through: bf16 output must be torch's rounding of each, specials included."""
+    values = torch.tensor([1.00390625, 1.01171875, -1.00390625, 3.0e38, float("inf"), -float("inf"), float("nan"),
+                           1e-40, -0.0, 65504.0, 0.1, 2.0 ** -126, 1.0 + 2 ** -9, 1.0 + 3 * 2 ** -9, 7.0, -7.5])
+    x = values.repeat(70, 1)  # 70 tokens: a full tile and a partial one; 16 wide: one vector block
+    got = sparse_linear(x, CSR(torch.eye(16)), bf16_out=True)
+    torch.testing.assert_close(got, x.bfloat16(), atol=0, rtol=0, equal_nan=True)
+    assert got[0, 0].item() == 1.0 and got[0, 1].item() == 1.015625  # ties go to the even neighbour
 
 
 @pytest.mark.parametrize("tokens, out, width", SHAPES[:3])

@@ -25,8 +25,38 @@ CPP = r"""
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <vector>
+#include <algorithm>
+#include <type_traits>
 
-template <typename T> static inline float as_float(T v) { return static_cast<float>(v); }
+// Rows of n values widened to fp32 / narrowed from fp32 (bf16: 16 at a time, rounding to nearest even as
+// torch does, NaN kept a NaN); fp32 is a copy.
+template <typename In> static inline void widen(const In* src, float* dst, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same<In, at::BFloat16>::value)
+        for (; i + 16 <= n; i += 16) {
+            const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+            _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+        }
+#endif
+    for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+template <typename Out> static inline void narrow(const float* src, Out* dst, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same<Out, at::BFloat16>::value)
+        for (; i + 16 <= n; i += 16) {
+            const __m512 v = _mm512_loadu_ps(src + i);
+            const __m512i bits = _mm512_castps_si512(v);
+            const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+            __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+            r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtepi32_epi16(r));
+        }
+#endif
+    for (; i < n; ++i) dst[i] = static_cast<Out>(src[i]);
+}
 
 #if defined(__AVX512F__)
 // dst[c * dstride + r] = src[r * sstride + c] for a 16 x 16 block of floats.
@@ -57,25 +87,27 @@ static inline void transpose16(const float* src, int64_t sstride, float* dst, in
 }
 #endif
 
-// A tile of `count` token rows of x (tokens x width) -> xt (width x 64), zero-padded past `count`.
+// A tile of `count` token rows of x (tokens x width) -> xt (width x 64), zero-padded past `count`: 16 x 16
+// blocks, each widened to fp32 (bf16) into a block in registers' reach, then transposed.
 template <typename In>
-static void transpose_in(const In* x, int64_t width, int64_t count, float* stage, float* xt) {
-    const float* rows = nullptr;
-    if constexpr (std::is_same<In, float>::value) {
-        if (count == 64) rows = x;
-    }
-    if (rows == nullptr) {  // bf16 or a short last tile: widen and pad into a staging buffer first
-        for (int64_t t = 0; t < 64; ++t)
-            for (int64_t i = 0; i < width; ++i) stage[t * width + i] = t < count ? as_float(x[t * width + i]) : 0.f;
-        rows = stage;
-    }
+static void transpose_in(const In* x, int64_t width, int64_t count, float* xt) {
     int64_t i = 0;
 #if defined(__AVX512F__)
+    alignas(64) float block[256];
     for (; i + 16 <= width; i += 16)
-        for (int64_t t = 0; t < 64; t += 16) transpose16(rows + t * width + i, width, xt + i * 64 + t, 64);
+        for (int64_t t = 0; t < 64; t += 16) {
+            if (std::is_same<In, float>::value && t + 16 <= count) {  // fp32 rows are transposed where they are
+                transpose16(reinterpret_cast<const float*>(x) + t * width + i, width, xt + i * 64 + t, 64);
+                continue;
+            }
+            for (int64_t r = 0; r < 16; ++r)
+                if (t + r < count) widen<In>(x + (t + r) * width + i, block + r * 16, 16);
+                else std::fill(block + r * 16, block + r * 16 + 16, 0.f);
+            transpose16(block, 16, xt + i * 64 + t, 64);
+        }
 #endif
     for (; i < width; ++i)
-        for (int64_t t = 0; t < 64; ++t) xt[i * 64 + t] = rows[t * width + i];
+        for (int64_t t = 0; t < 64; ++t) xt[i * 64 + t] = t < count ? static_cast<float>(x[t * width + i]) : 0.f;
 }
 
 // GELU(x) = x/2 (1 + erf(x/sqrt 2)), erf by Abramowitz and Stegun 7.1.26 (|error| < 1.5e-7), over a row of 64.
@@ -113,24 +145,24 @@ static void gelu64(float* v) {
 #endif
 }
 
-// acc (rows x 64) -> `count` token rows of y (tokens x rows).
-template <typename In>
-static void transpose_out(const float* acc, int64_t rows, int64_t count, float* stage, In* y) {
-    float* out = nullptr;
-    if constexpr (std::is_same<In, float>::value) {
-        if (count == 64) out = y;
-    }
-    float* dst = out ? out : stage;
+// acc (rows x 64) -> `count` token rows of y (tokens x rows), 16 x 16 blocks transposed then narrowed.
+template <typename Out>
+static void transpose_out(const float* acc, int64_t rows, int64_t count, Out* y) {
     int64_t o = 0;
 #if defined(__AVX512F__)
+    alignas(64) float block[256];
     for (; o + 16 <= rows; o += 16)
-        for (int64_t t = 0; t < 64; t += 16) transpose16(acc + o * 64 + t, 64, dst + t * rows + o, rows);
+        for (int64_t t = 0; t < count; t += 16) {
+            if (std::is_same<Out, float>::value && t + 16 <= count) {
+                transpose16(acc + o * 64 + t, 64, reinterpret_cast<float*>(y) + t * rows + o, rows);
+                continue;
+            }
+            transpose16(acc + o * 64 + t, 64, block, 16);
+            for (int64_t c = 0; c < 16 && t + c < count; ++c) narrow<Out>(block + c * 16, y + (t + c) * rows + o, 16);
+        }
 #endif
     for (; o < rows; ++o)
-        for (int64_t t = 0; t < 64; ++t) dst[t * rows + o] = acc[o * 64 + t];
-    if (!out)
-        for (int64_t t = 0; t < count; ++t)
-            for (int64_t r = 0; r < rows; ++r) y[t * rows + r] = static_cast<In>(stage[t * rows + r]);
+        for (int64_t t = 0; t < count; ++t) y[t * rows + o] = static_cast<Out>(acc[o * 64 + t]);
 }
 
 static inline void row_products(const float* xt, const int64_t* indptr, const int16_t* indices,
@@ -187,15 +219,15 @@ template <typename In, typename Out>
 static void tiles(const In* x, int64_t tokens, int64_t width, const int64_t* indptr, const int16_t* indices,
                   const float* values, const float* bias, int64_t rows, Out* y, bool gelu, int64_t begin,
                   int64_t end) {
-    std::vector<float> xt(width * 64), acc(rows * 64), stage(64 * std::max(width, rows));
+    std::vector<float> xt(width * 64), acc(rows * 64);
     for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t start = tile * 64, count = std::min<int64_t>(64, tokens - start);
-        transpose_in<In>(x + start * width, width, count, stage.data(), xt.data());
+        transpose_in<In>(x + start * width, width, count, xt.data());
         for (int64_t o = 0; o < rows; ++o) {
             row_products(xt.data(), indptr, indices, values, bias[o], o, acc.data() + o * 64);
             if (gelu) gelu64(acc.data() + o * 64);
         }
-        transpose_out<Out>(acc.data(), rows, count, stage.data(), y + start * rows);
+        transpose_out<Out>(acc.data(), rows, count, y + start * rows);
     }
 }
 
@@ -253,7 +285,7 @@ def _native():
     try:
         from torch.utils.cpp_extension import load_inline
 
-        module = load_inline("lth_sparse_v5", cpp_sources=CPP, functions=["sparse_linear"],
+        module = load_inline("lth_sparse_v7", cpp_sources=CPP, functions=["sparse_linear"],
                              extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                              verbose=False)
         return module, None
