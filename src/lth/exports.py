@@ -149,6 +149,9 @@ def reload_hf(folder: Path, head: str):
     """A model folder loaded with `head`, an Auto class or an architecture's class name."""
     import transformers
 
+    from .models import quiet_transformers
+
+    quiet_transformers()
     return getattr(transformers, head).from_pretrained(folder, attn_implementation="eager")
 
 

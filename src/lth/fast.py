@@ -111,6 +111,9 @@ def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
     `precision`: 'auto' (bf16 where the CPU has it natively, else fp32), 'bf16' or 'fp32'."""
     import transformers
 
+    from .models import quiet_transformers
+
+    quiet_transformers()
     folder = Path(path).expanduser()
     folder = folder / "model" if (folder / "model" / "config.json").is_file() else folder
     if not (folder / "config.json").is_file():

@@ -31,7 +31,7 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -41,7 +41,7 @@ def _quiet_transformers() -> None:
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     path = resolve_model(name)
     try:
         return AutoTokenizer.from_pretrained(path)
@@ -60,7 +60,7 @@ def load_model(name: str, head: str, seed: int, **head_kwargs) -> nn.Module:
     `head_kwargs` go to `from_pretrained` (num_labels=..., output_loading_info=True, ...)."""
     import transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     auto = getattr(transformers, HEADS[head])
     path = resolve_model(name)
     torch.manual_seed(seed)  # the new head's initial weights are part of the rewind point
