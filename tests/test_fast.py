@@ -12,7 +12,7 @@ import torch
 
 import lth
 from lth.cli import main
-from lth.fast import SparseLinear, sparsify
+from lth.fast import SparseLinear, lean_layers, sparsify
 from lth.kernels import CSR, _numba, backend, sparse_linear
 
 from tiny import make_tiny, toy_task
@@ -114,6 +114,30 @@ def test_load_fast_predicts_as_the_masked_model(shipped):
     assert torch.allclose(exact(**batch).logits, want, atol=1e-5), "all-sparse equals the dense model"
     half = lth.load_fast(shipped["to"], precision="bf16")
     assert torch.allclose(half(**batch).logits.float(), want, atol=0.05)
+
+
+@pytest.mark.parametrize("arch, lean", [("bert", 2), ("roberta", 2), ("electra", 2), ("distilbert", 0)])
+def test_lean_layers_compute_what_the_hf_layers_compute(arch, lean, tmp_path):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(make_tiny(tmp_path / arch, arch, dropout=0.0), attn_implementation="eager")
+    ids = torch.tensor([[2, 5, 14, 6, 17, 3, 0, 0], [2, 10, 15, 9, 11, 12, 18, 3], [2, 7, 3, 0, 0, 0, 0, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    with torch.no_grad():
+        want = model.eval()(**batch).last_hidden_state
+        assert lean_layers(model) == lean, "BERT-style layers get the lean forward; DistilBERT's differ and keep theirs"
+        got = model(**batch).last_hidden_state
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+        unmasked = {"input_ids": ids[1:2]}  # no mask at all: HF passes none to the layers
+        assert torch.allclose(model(**unmasked).last_hidden_state, want[1:2], atol=1e-5)
+
+
+def test_layers_with_cross_attention_keep_their_forward(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                        is_decoder=True, add_cross_attention=True)
+    assert lean_layers(BertModel(config)) == 0
 
 
 def test_predict_labels_a_file(shipped, tmp_path, capsys):

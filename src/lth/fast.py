@@ -4,7 +4,8 @@
 weights too and, for each size of input it meets (tokens rounded up to a power of two), times the sparse kernel
 against the dense matmul once and uses the faster from then on: at 90% sparsity the kernel wins, at 50% the
 dense matmul does, and neither is ever slower than lth's dense path. The rest of the model (attention, softmax,
-LayerNorm, GELU) runs in bf16 autocast where the CPU computes bf16 natively."""
+LayerNorm, GELU) runs in bf16 autocast where the CPU computes bf16 natively, and BERT-style layers run a lean
+forward with attention as one fused op (`lean_layers`)."""
 from __future__ import annotations
 
 import time
@@ -59,12 +60,15 @@ class SparseLinear(nn.Module):
 
 
 class FastModel(nn.Module):
-    """The model with its pruned layers swapped; calls run without gradients, in bf16 autocast where native."""
+    """The model with its pruned layers swapped; calls run without gradients, in bf16 autocast where native.
+
+    BERT-style encoder layers also get a lean forward (`lean_layers`)."""
 
     def __init__(self, model: nn.Module, precision: str):
         super().__init__()
         self.model, self.precision = model.eval(), precision
         self.config = model.config
+        self.lean = lean_layers(model)
 
     def forward(self, **inputs):
         with torch.inference_mode(), autocast(torch.device("cpu"), self.precision):
@@ -74,6 +78,60 @@ class FastModel(nn.Module):
         """Per swapped layer, which implementation each input size uses (after the first calls)."""
         return {name: ",".join(f"{b}:{c}" for b, c in sorted(m.choice.items())) or "not run yet"
                 for name, m in self.model.named_modules() if isinstance(m, SparseLinear)}
+
+
+def lean_layers(model: nn.Module) -> int:
+    """Give every BERT-style encoder layer a forward with fewer ops; returns how many layers got it.
+
+    The same computation as the Hugging Face layer in evaluation (no dropout): Q, K and V, then one fused
+    scaled-dot-product attention (fp32 accumulation, no separate scale/mask/softmax/cast ops), the output
+    projection, residual and LayerNorm, the FFN, residual and LayerNorm. At batch 1 the eager layer's many
+    small ops cost more interpreter time than arithmetic. Layers that differ (relative positions, cross-
+    attention, a decoder, another attention scale) keep their own forward."""
+    count = 0
+    for module in model.modules():
+        if _standard_layer(module):
+            module.forward = _LeanForward(module)
+            count += 1
+    return count
+
+
+def _standard_layer(layer: nn.Module) -> bool:
+    att = getattr(getattr(layer, "attention", None), "self", None)
+    out = getattr(getattr(layer, "attention", None), "output", None)
+    ffn = getattr(layer, "output", None)
+    if att is None or out is None or ffn is None or not hasattr(layer, "intermediate"):
+        return False
+    if not all(isinstance(getattr(att, n, None), nn.Module) for n in ("query", "key", "value")):
+        return False
+    if not all(isinstance(getattr(m, n, None), nn.Module) for m in (out, ffn) for n in ("dense", "LayerNorm")):
+        return False
+    heads, size = getattr(att, "num_attention_heads", None), getattr(att, "attention_head_size", None)
+    return (isinstance(heads, int) and isinstance(size, int)
+            and getattr(att, "position_embedding_type", "absolute") == "absolute"
+            and not getattr(layer, "is_decoder", False) and not getattr(layer, "add_cross_attention", False)
+            and abs(getattr(att, "scaling", size ** -0.5) - size ** -0.5) < 1e-12)
+
+
+class _LeanForward:
+    """A BERT layer's forward in few ops (see lean_layers); HF calls it with (hidden, mask, ...)."""
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+
+    def __call__(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
+        layer, batch, tokens, width = self.layer, *hidden_states.shape
+        att, out, ffn = layer.attention.self, layer.attention.output, layer.output
+        heads = (batch, tokens, att.num_attention_heads, att.attention_head_size)
+        q = att.query(hidden_states)
+        k, v = att.key(hidden_states).to(q.dtype), att.value(hidden_states).to(q.dtype)
+        if attention_mask is not None and attention_mask.dtype != torch.bool:
+            attention_mask = attention_mask.to(q.dtype)
+        context = nn.functional.scaled_dot_product_attention(
+            q.view(heads).transpose(1, 2), k.view(heads).transpose(1, 2), v.view(heads).transpose(1, 2),
+            attn_mask=attention_mask).transpose(1, 2).reshape(batch, tokens, width)
+        attended = out.LayerNorm(out.dense(context) + hidden_states)
+        return ffn.LayerNorm(ffn.dense(layer.intermediate(attended)) + attended)
 
 
 def sparsify(model: nn.Module, names: list[str] | None = None, bf16: bool = False) -> int:
