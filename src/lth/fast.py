@@ -20,6 +20,7 @@ from .kernels import CSR, backend, sparse_linear
 from .train import autocast
 
 DENSE_ABOVE = 0.8  # a matrix keeping more than this is never worth a sparse kernel
+ROUNDS = 3  # timed rounds per implementation when a layer chooses, after one warm-up call of each
 
 
 class SparseLinear(nn.Module):
@@ -49,8 +50,9 @@ class SparseLinear(nn.Module):
         return self.gelu(y) if self.gelu is not None else y
 
     def _faster(self, x: torch.Tensor) -> str:
+        self._sparse(x), self._dense(x)  # warm both: the first call of each pays for caches and allocation
         timings = {}
-        for _ in range(2):  # interleaved, best of two: the first call also warms caches
+        for _ in range(ROUNDS):  # interleaved, the best of each: a single timing is too noisy to choose by
             for name, run in (("sparse", self._sparse), ("dense", self._dense)):
                 start = time.perf_counter()
                 run(x)
