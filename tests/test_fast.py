@@ -13,7 +13,7 @@ import torch
 import lth
 from lth.cli import main
 from lth.fast import SparseLinear, lean_layers, sparsify
-from lth.kernels import CSR, _numba, backend, sparse_linear
+from lth.kernels import CSR, _numba, backend, choose_chunk, sparse_linear
 
 from tiny import make_tiny, toy_task
 
@@ -35,20 +35,22 @@ def test_the_native_kernel_is_built_here():
 
 @pytest.mark.parametrize("tokens, out, width", SHAPES)
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 0.9, 1.0])
-def test_sparse_linear_equals_the_dense_product(tokens, out, width, density):
+@pytest.mark.parametrize("chunk", [None, 16, 7])  # the chosen layout, and column chunks (7: a ragged last one)
+def test_sparse_linear_equals_the_dense_product(tokens, out, width, density, chunk):
     w, b = pruned(out, width, density, tokens), torch.randn(out)
+    csr = CSR(w, b, chunk=chunk)
     x = torch.randn(tokens, width)
     want = x @ w.T + b
-    assert torch.allclose(sparse_linear(x, CSR(w, b)), want, atol=1e-4, rtol=1e-5)
-    assert torch.allclose(sparse_linear(x, CSR(w, b), gelu=True), torch.nn.functional.gelu(want), atol=1e-4)
+    assert torch.allclose(sparse_linear(x, csr), want, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(sparse_linear(x, csr, gelu=True), torch.nn.functional.gelu(want), atol=1e-4)
     xb = x.bfloat16()
-    got = sparse_linear(xb, CSR(w, b))
+    got = sparse_linear(xb, csr)
     assert got.dtype == torch.bfloat16
     assert torch.allclose(got.float(), xb.float() @ w.T + b, atol=0.05 * max(1.0, want.abs().max().item()) / 8)
     # bf16 in or out only rounds: the same fp32 sums, rounded to nearest even exactly as torch rounds them
-    assert torch.equal(got, sparse_linear(xb.float(), CSR(w, b)).bfloat16())
-    assert torch.equal(sparse_linear(x, CSR(w, b), bf16_out=True), sparse_linear(x, CSR(w, b)).bfloat16())
-    batched = sparse_linear(x.reshape(1, tokens, width), CSR(w))
+    assert torch.equal(got, sparse_linear(xb.float(), csr).bfloat16())
+    assert torch.equal(sparse_linear(x, csr, bf16_out=True), sparse_linear(x, csr).bfloat16())
+    batched = sparse_linear(x.reshape(1, tokens, width), CSR(w, chunk=chunk))
     assert batched.shape == (1, tokens, out) and torch.allclose(batched[0], x @ w.T, atol=1e-4)
 
 
@@ -62,14 +64,25 @@ def test_bf16_rounding_ties_to_even_and_keeps_nan_and_inf():
     assert got[0, 0].item() == 1.0 and got[0, 1].item() == 1.015625  # ties go to the even neighbour
 
 
+def test_the_layout_is_chunked_where_it_pays():
+    assert choose_chunk(384, 0.1) == 384 and choose_chunk(384, 0.3) == 128 and choose_chunk(1536, 0.05) == 128
+    assert choose_chunk(100, 0.5) == 100, "a chunk is never wider than the matrix"
+    w = pruned(4, 10, 1.0, 0, empty_rows=False)
+    csr = CSR(w, chunk=4)  # columns 0-3, 4-7, 8-9: per chunk, each row's non-zeros
+    assert csr.indptr.tolist() == [0, 4, 8, 12, 16, 20, 24, 28, 32, 34, 36, 38, 40]
+    assert csr.indices[:4].tolist() == [0, 1, 2, 3] and csr.indices[32:34].tolist() == [0, 1]
+    assert torch.equal(csr.values[32:34], w[0, 8:10])
+
+
 @pytest.mark.parametrize("tokens, out, width", SHAPES[:3])
-def test_the_numba_kernel_equals_the_dense_product(tokens, out, width):
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_the_numba_kernel_equals_the_dense_product(tokens, out, width, chunk):
     run = _numba()
     w, b = pruned(out, width, 0.2, 1), torch.randn(out)
     x = torch.randn(tokens, width)
     got = np.empty((tokens, out), dtype=np.float32)
-    csr = CSR(w, b)
-    run(x.numpy(), csr.indptr.numpy(), csr.indices.numpy(), csr.values.numpy(), csr.bias.numpy(), got)
+    csr = CSR(w, b, chunk=chunk)
+    run(x.numpy(), csr.chunk, csr.indptr.numpy(), csr.indices.numpy(), csr.values.numpy(), csr.bias.numpy(), got)
     assert np.allclose(got, (x @ w.T + b).numpy(), atol=1e-4)
 
 
