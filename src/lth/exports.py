@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from . import __version__, masks
 from .config import FindSettings
@@ -162,8 +163,6 @@ def sizes(to: Path, mask: masks.Mask, model, dtype: torch.dtype) -> dict:
     others = sum(t.numel() for name, t in model.state_dict().items() if name not in mask and name in params)
     width = torch.finfo(dtype).bits // 8
     files = {str(p.relative_to(to)): p.stat().st_size for p in sorted(to.rglob("*")) if p.is_file()}
-    from safetensors import safe_open
-
     with safe_open(to / "compact" / "compact.safetensors", "pt") as handle:  # the pruned matrices' share of it
         encoder = sum(math.prod(handle.get_slice(k).get_shape()) * _itemsize(handle.get_slice(k).get_dtype())
                       for k in handle.keys() if k.endswith(("::values", "::mask")))
@@ -175,7 +174,8 @@ def sizes(to: Path, mask: masks.Mask, model, dtype: torch.dtype) -> dict:
 
 
 def _itemsize(dtype: str) -> int:
-    return {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "BOOL": 1, "I64": 8, "I32": 4}[dtype]
+    """Bytes per element of a safetensors dtype name (F32, BF16, U8, ...)."""
+    return {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "F16": 2, "BF16": 2, "I32": 4, "F32": 4, "I64": 8, "F64": 8}[dtype]
 
 
 def report(result: dict, to: Path) -> str:

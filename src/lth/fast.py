@@ -88,8 +88,8 @@ def lean_layers(model: nn.Module) -> int:
     The same computation as the Hugging Face eager layer in evaluation: Q, K and V, scores, mask, softmax,
     context, the output projection, residual and LayerNorm, the FFN, residual and LayerNorm — without its
     dropout calls, attention-interface dispatch and chunking helpers, whose many small ops cost interpreter time
-    at batch 1. (torch's fused scaled_dot_product_attention was measured too: slower here at batch 32.) Layers that differ (relative positions, cross-
-    attention, a decoder, another attention scale) keep their own forward."""
+    at batch 1 (torch's fused scaled_dot_product_attention was measured too: slower here at batch 32). Layers
+    that differ (relative positions, cross-attention, a decoder, another attention scale) keep their own forward."""
     count = 0
     for module in model.modules():
         if _standard_layer(module):

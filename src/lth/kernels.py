@@ -259,7 +259,8 @@ static void run(const torch::Tensor& x, int64_t chunk, const torch::Tensor& indp
 torch::Tensor sparse_linear(torch::Tensor x, int64_t chunk, torch::Tensor indptr, torch::Tensor indices,
                             torch::Tensor values, torch::Tensor bias, bool gelu, bool bf16_out) {
     const bool bf16_in = x.scalar_type() == at::ScalarType::BFloat16;
-    auto y = torch::empty({x.size(0), bias.size(0)}, x.options().dtype(bf16_out || bf16_in ? at::kBFloat16 : at::kFloat));
+    auto y = torch::empty({x.size(0), bias.size(0)},
+                          x.options().dtype(bf16_out || bf16_in ? at::kBFloat16 : at::kFloat));
     if (bf16_in) run<at::BFloat16, at::BFloat16>(x, chunk, indptr, indices, values, bias, y, gelu);
     else if (bf16_out) run<float, at::BFloat16>(x, chunk, indptr, indices, values, bias, y, gelu);
     else run<float, float>(x, chunk, indptr, indices, values, bias, y, gelu);
@@ -313,7 +314,7 @@ def _native():
     try:
         from torch.utils.cpp_extension import load_inline
 
-        module = load_inline("lth_sparse_v8", cpp_sources=CPP, functions=["sparse_linear"],
+        module = load_inline("lth_sparse_v9", cpp_sources=CPP, functions=["sparse_linear"],
                              extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                              verbose=False)
         return module, None
