@@ -215,8 +215,7 @@ def predict_file(path: str | Path, source: str, target: str, text_column: str = 
     fast = load_fast(path)
     if not hasattr(fast.model, "num_labels") or "ForSequenceClassification" not in type(fast.model).__name__:
         raise LthError(f"lth predict labels text with a classifier; {path} holds a {type(fast.model).__name__}")
-    folder = Path(path).expanduser()
-    tokenizer = AutoTokenizer.from_pretrained(folder / "model" if (folder / "model").is_dir() else folder)
+    tokenizer = AutoTokenizer.from_pretrained(fast.model.name_or_path)  # the folder load_fast found
     records = _records(_existing(source))
     texts = [_field(r, text_column, "--text-column", where) for where, r in records]
     pairs = None if pair_column is None else [_field(r, pair_column, "--text-pair-column", w) for w, r in records]

@@ -301,10 +301,6 @@ class CSR:
         self.values = w[r, c][order].contiguous()
         self.bias = (torch.zeros(rows) if bias is None else bias.detach().float().cpu()).contiguous()
 
-    @property
-    def density(self) -> float:
-        return len(self.values) / (self.shape[0] * self.shape[1])
-
 
 @lru_cache(maxsize=1)
 def _native():

@@ -14,6 +14,7 @@ from torch import nn
 
 from .fast import FastModel
 from .kernels import backend
+from .serving import to_onnx
 from .train import autocast
 
 
@@ -43,39 +44,33 @@ def engines(dense: nn.Module, fast: FastModel, sample: dict, threads: int) -> di
         return run
 
     found = {"torch fp32": torch_run("fp32"), "torch bf16": torch_run("bf16")}
-    onnx_file = _onnx(dense, sample)
-    try:
-        import onnxruntime
+    with tempfile.TemporaryDirectory(prefix="lth-speed-") as folder:  # the engines read the file when built
+        onnx_file = Path(folder) / "model.onnx"
+        to_onnx(dense, sample, onnx_file)
+        try:
+            import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        # ONNX Runtime's threads spin after each call by default, taking the cores from whichever engine runs next
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-        found["onnxruntime fp32"] = lambda x: session.run(None, {k: v.numpy() for k, v in x.items()})
-    except ImportError:
-        pass
-    try:
-        import openvino
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            # ONNX Runtime's threads spin after each call by default, taking the cores from whichever engine runs next
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+            found["onnxruntime fp32"] = lambda x: session.run(None, {k: v.numpy() for k, v in x.items()})
+        except ImportError:
+            pass
+        try:
+            import openvino
 
-        core = openvino.Core()
-        core.set_property("CPU", {"INFERENCE_NUM_THREADS": threads})
-        network = core.read_model(str(onnx_file))
-        for hint in ("f32", "bf16"):
-            compiled = core.compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": hint})
-            found[f"openvino {hint}"] = (lambda c: lambda x: c({k: v.numpy() for k, v in x.items()}))(compiled)
-    except ImportError:
-        pass
+            core = openvino.Core()
+            core.set_property("CPU", {"INFERENCE_NUM_THREADS": threads})
+            network = core.read_model(str(onnx_file))
+            for hint in ("f32", "bf16"):
+                compiled = core.compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+                found[f"openvino {hint}"] = (lambda c: lambda x: c({k: v.numpy() for k, v in x.items()}))(compiled)
+        except ImportError:
+            pass
     found[f"lth sparse ({backend()[0]}, {fast.precision})"] = lambda x: fast(**x)
     return found
-
-
-def _onnx(model: nn.Module, sample: dict) -> Path:
-    from .serving import to_onnx
-
-    path = Path(tempfile.mkdtemp(prefix="lth-speed-")) / "model.onnx"
-    to_onnx(model, sample, path)
-    return path
 
 
 def measure(runs: dict[str, Callable], x: dict, repeats: int) -> dict[str, float]:
