@@ -13,7 +13,8 @@ import torch
 import lth
 from lth.cli import main
 from lth.fast import SparseLinear, lean_layers, sparsify
-from lth.kernels import CSR, _numba, backend, choose_chunk, sparse_linear
+from lth.config import cpu_has_native_bf16
+from lth.kernels import CSR, _numba, backend, choose_chunk, pair_kernel, sparse_linear
 
 from tiny import make_tiny, toy_task
 
@@ -72,6 +73,65 @@ def test_the_layout_is_chunked_where_it_pays():
     assert csr.indptr.tolist() == [0, 4, 8, 12, 16, 20, 24, 28, 32, 34, 36, 38, 40]
     assert csr.indices[:4].tolist() == [0, 1, 2, 3] and csr.indices[32:34].tolist() == [0, 1]
     assert torch.equal(csr.values[32:34], w[0, 8:10])
+
+
+def test_the_pair_kernel_is_built_where_the_cpu_has_bf16():
+    assert pair_kernel() == ("avx512_bf16" in Path("/proc/cpuinfo").read_text()), backend()
+
+
+needs_pairs = pytest.mark.skipif(not pair_kernel(), reason="the CPU has no AVX512-BF16 (the fp32 layout is used)")
+
+
+@needs_pairs
+@pytest.mark.parametrize("tokens, out, width", SHAPES + [(70, 8, 600)])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 0.9, 1.0])
+@pytest.mark.parametrize("chunk", [None, 16, 7])
+def test_the_pair_kernel_computes_the_bf16_product(tokens, out, width, density, chunk):
+    """bf16(x) bf16(W)ᵀ + b summed in fp32, against the same roundings multiplied in fp64."""
+    w, b = pruned(out, width, density, tokens), torch.randn(out)
+    csr = CSR(w, b, chunk=chunk, pairs=True)
+    x = torch.randn(tokens, width)
+    want = x.bfloat16().double() @ w.bfloat16().double().T + b.double()
+    scale = max(1.0, want.abs().max().item())
+    got = sparse_linear(x, csr)
+    assert got.dtype == torch.float32 and (got.double() - want).abs().max() < 2e-6 * scale * max(1, width) ** 0.5
+    assert torch.equal(sparse_linear(x.bfloat16(), csr), got.bfloat16()), "bf16 out is the fp32 sums rounded"
+    assert torch.equal(sparse_linear(x, csr, bf16_out=True), got.bfloat16())
+    gelu = sparse_linear(x, csr, gelu=True)
+    assert (gelu.double() - torch.nn.functional.gelu(want)).abs().max() < 1e-5 * scale * max(1, width) ** 0.5
+    assert sparse_linear(x.reshape(1, tokens, width), csr).shape == (1, tokens, out)
+
+
+def test_the_pair_layout_packs_two_bf16_weights_a_word_and_pads_odd_rows():
+    w = torch.tensor([[1.0, 0, 2.0, 3.0, 0],   # three non-zeros: a pair and a padded one
+                      [0, 0, 0, 0, 0],         # none
+                      [0, -0.5, 0, 0, 1.00390625]])  # two (the last rounds to 1.0 in bf16, ties to even)
+    csr = CSR(w, chunk=5, pairs=True)
+    assert csr.indptr.tolist() == [0, 2, 2, 3]
+    assert csr.indices.tolist() == [0, 2, 3, 3, 1, 4]
+    bits = [int(v) & 0xFFFFFFFF for v in csr.values]
+    assert bits == [0x4000 << 16 | 0x3F80, 0x0000 << 16 | 0x4040, 0x3F80 << 16 | 0xBF00]
+    chunked = CSR(w, chunk=2, pairs=True)  # columns 0-1, 2-3, 4: pairs per chunk and row
+    assert chunked.indptr.tolist() == [0, 1, 1, 2, 3, 3, 3, 3, 3, 4]
+    assert chunked.indices.tolist() == [0, 0, 1, 1, 0, 1, 0, 0]
+    if pair_kernel():
+        x = torch.randn(3, 5)
+        assert torch.allclose(sparse_linear(x, chunked), x.bfloat16().float() @ w.bfloat16().float().T, atol=1e-5)
+
+
+def test_without_the_pair_kernel_bf16_layers_use_the_fp32_layout(monkeypatch):
+    import lth.fast
+    import lth.kernels
+
+    monkeypatch.setattr(lth.kernels, "pair_kernel", lambda: False)
+    monkeypatch.setattr(lth.fast, "pair_kernel", lambda: False)
+    with pytest.raises(RuntimeError, match="AVX512-BF16"):
+        sparse_linear(torch.randn(2, 4), CSR(torch.eye(4), pairs=True))
+    linear = torch.nn.Linear(16, 8)
+    layer = SparseLinear(linear, bf16=True)
+    assert not layer.csr.pairs
+    assert torch.equal(layer._sparse(torch.ones(2, 16)), sparse_linear(torch.ones(2, 16), CSR(linear.weight,
+                                                                                          linear.bias)).bfloat16())
 
 
 @pytest.mark.parametrize("tokens, out, width", SHAPES[:3])

@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import cpu_has_native_bf16
 from .errors import LthError
-from .kernels import CSR, backend, sparse_linear
+from .kernels import CSR, backend, pair_kernel, sparse_linear
 from .train import autocast
 
 DENSE_ABOVE = 0.8  # a matrix keeping more than this is never worth a sparse kernel
@@ -26,13 +26,15 @@ ROUNDS = 3  # timed rounds per implementation when a layer chooses, after one wa
 class SparseLinear(nn.Module):
     """A pruned nn.Linear that runs whichever of the sparse kernel and the dense matmul is faster here.
 
-    `bf16`: the sparse kernel returns bf16, as the dense matmul does under bf16 autocast. `gelu` (the FFN's
-    first layer): GELU is applied inside the kernel, on values still in registers, instead of in a second pass."""
+    `bf16`: the sparse kernel returns bf16, as the dense matmul does under bf16 autocast, and where the CPU has
+    AVX512-BF16 it also multiplies as that matmul does, bf16 weights by bf16 activations summed in fp32 (the pair
+    kernel, twice the products per instruction and half the bytes); elsewhere it multiplies in fp32. `gelu` (the
+    FFN's first layer): GELU is applied inside the kernel, on values still in registers, instead of a second pass."""
 
     def __init__(self, linear: nn.Linear, bf16: bool = False, gelu: nn.Module | None = None):
         super().__init__()
         self.dense, self.bf16, self.gelu = linear, bf16, gelu
-        self.csr = CSR(linear.weight, linear.bias)
+        self.csr = CSR(linear.weight, linear.bias, pairs=bf16 and pair_kernel())
         self.choice: dict[int, str] = {}
         self.sparse_ok = backend()[0] != "none"
 
