@@ -12,7 +12,7 @@ import torch
 
 import lth
 from lth.cli import main
-from lth.fast import SparseLinear, lean_layers, sparsify
+from lth.fast import SparseLinear, _Masks, lean_layers, sparsify
 from lth.config import cpu_has_native_bf16
 from lth.kernels import CSR, _numba, backend, choose_chunk, pair_kernel, sparse_linear
 
@@ -178,7 +178,9 @@ def test_load_fast_predicts_as_the_masked_model(shipped):
     with torch.no_grad():
         want = dense(**batch).logits
     exact = lth.load_fast(shipped["to"], precision="fp32")
-    assert len(exact.layers()) == 13, "every pruned matrix is swapped (the pooler too)"
+    layers = exact.layers()  # every pruned matrix is swapped (the pooler too), Q, K and V as one per layer
+    assert len(layers) == 9 and "bert.encoder.layer.1.attention.self.qkv" in layers
+    assert not hasattr(exact.model.bert.encoder.layer[0].attention.self, "query"), "the three are freed"
     for _ in range(2):  # the first call chooses per layer; both choices must give the model's outputs
         assert torch.allclose(exact(**batch).logits, want, atol=1e-5)
     for layer in exact.model.modules():
@@ -203,6 +205,41 @@ def test_lean_layers_compute_what_the_hf_layers_compute(arch, lean, tmp_path):
         assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
         unmasked = {"input_ids": ids[1:2]}  # no mask at all: HF passes none to the layers
         assert torch.allclose(model(**unmasked).last_hidden_state, want[1:2], atol=1e-5)
+
+
+def test_q_k_v_are_fused_only_when_all_three_are_the_same_kind(tmp_path):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(make_tiny(tmp_path / "bert", "bert", dropout=0.0), attn_implementation="eager")
+    with torch.no_grad():
+        model.encoder.layer[0].attention.self.query.weight.mul_(torch.rand(32, 32) < 0.2)
+    ids = torch.tensor([[2, 5, 14, 6, 17, 3, 0, 0], [2, 10, 15, 9, 11, 12, 18, 3]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    with torch.no_grad():
+        want = model.eval()(**batch).last_hidden_state
+        sparsify(model, ["encoder.layer.0.attention.self.query.weight"])
+        lean_layers(model)
+        mixed, plain = (model.encoder.layer[i].attention.self for i in (0, 1))
+        assert isinstance(mixed.query, SparseLinear) and not hasattr(mixed, "qkv"), "one sparse, two dense: kept"
+        assert isinstance(plain.qkv, torch.nn.Linear) and plain.qkv.out_features == 96
+        assert torch.allclose(model(**batch).last_hidden_state, want, atol=1e-5)
+
+
+def test_the_mask_is_converted_once_per_forward_and_kept_exact():
+    masks, low = _Masks(), torch.finfo(torch.bfloat16).min
+    padding = torch.tensor([[True, True, False], [True, True, True]])
+    got = masks.additive(padding, 2, torch.bfloat16)
+    assert got.shape == (4, 1, 3) and got.dtype == torch.bfloat16
+    assert got[:2, 0].tolist() == [[0, 0, low]] * 2 and got[2:, 0].tolist() == [[0, 0, 0]] * 2
+    assert masks.additive(padding, 2, torch.bfloat16) is got, "the same mask again (the next layer): no new work"
+    assert masks.additive(padding.clone(), 2, torch.bfloat16) is not got
+    hf = torch.zeros(2, 1, 3, 3)
+    hf[0, ..., 2] = -float("inf")  # HF's 4-d padding mask: every row the same; -inf becomes bf16's lowest
+    assert torch.equal(masks.additive(hf, 2, torch.bfloat16), got)
+    causal = torch.triu(torch.full((3, 3), torch.finfo(torch.float32).min), 1).expand(2, 1, 3, 3)
+    kept = masks.additive(causal, 2, torch.float32)
+    assert kept.shape == (4, 3, 3) and torch.equal(kept[3], causal[1, 0]), "rows that differ stay rows"
+    assert masks.additive(None, 2, torch.float32) is None
 
 
 def test_layers_with_cross_attention_keep_their_forward(tmp_path):
