@@ -14,7 +14,7 @@ import lth
 from lth.cli import main
 from lth.fast import SparseLinear, _Masks, lean_layers, sparsify
 from lth.config import cpu_has_native_bf16
-from lth.kernels import CSR, _numba, backend, choose_chunk, pair_kernel, sparse_linear
+from lth.kernels import CSR, _numba, backend, choose_chunk, fused_attention, pair_kernel, sparse_linear
 
 from tiny import make_tiny, toy_task
 
@@ -223,6 +223,73 @@ def test_q_k_v_are_fused_only_when_all_three_are_the_same_kind(tmp_path):
         assert isinstance(mixed.query, SparseLinear) and not hasattr(mixed, "qkv"), "one sparse, two dense: kept"
         assert isinstance(plain.qkv, torch.nn.Linear) and plain.qkv.out_features == 96
         assert torch.allclose(model(**batch).last_hidden_state, want, atol=1e-5)
+
+
+def attention_reference(qkv, mask, heads):
+    batch, tokens, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    size = width // heads
+    q, k, v = (t.reshape(batch, tokens, heads, size).transpose(1, 2) for t in qkv.double().split(width, -1))
+    scores = q @ k.transpose(-1, -2) * size ** -0.5
+    if mask is not None:
+        scores = scores + mask.double().reshape(batch, heads, -1, tokens)
+    return (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, tokens, width)
+
+
+@needs_pairs
+@pytest.mark.parametrize("batch, tokens, heads, size", [(1, 128, 3, 32), (2, 37, 2, 64), (3, 5, 2, 128),
+                                                        (1, 1, 1, 32), (2, 20, 2, 32)])
+@pytest.mark.parametrize("masking", ["none", "padding", "causal"])
+def test_fused_attention_is_softmax_attention(batch, tokens, heads, size, masking):
+    g = torch.Generator().manual_seed(tokens)
+    qkv = (2 * torch.randn(batch, tokens, 3 * heads * size, generator=g)).bfloat16()
+    low = torch.finfo(torch.bfloat16).min
+    mask = None
+    if masking == "padding":
+        keep = torch.rand(batch, tokens, generator=g) < 0.7
+        keep[:, 0] = True
+        mask = torch.where(keep, 0.0, low)[:, None, None, :].expand(batch, heads, 1, tokens)
+    elif masking == "causal":
+        mask = torch.triu(torch.full((tokens, tokens), low), 1).expand(batch, heads, tokens, tokens)
+        mask = mask.clone()
+        mask[:, :, -1] = low  # a row with every key masked: uniform weights, as softmax gives with a finite low
+    mask = None if mask is None else mask.reshape(batch * heads, -1, tokens).bfloat16()
+    got = fused_attention(qkv, mask, heads, size ** -0.5)
+    want = attention_reference(qkv, mask, heads)
+    assert got.dtype == torch.bfloat16 and got.shape == (batch, tokens, heads * size)
+    # bf16 probabilities and a bf16 result: within 2^-7 of the largest output
+    assert (got.double() - want).abs().max() <= 2 ** -7 * want.abs().max()
+
+
+@needs_pairs
+def test_fused_attention_refuses_what_it_cannot_do():
+    with pytest.raises(RuntimeError, match="head size 48"):
+        fused_attention(torch.zeros(1, 4, 3 * 96, dtype=torch.bfloat16), None, 2, 0.1)
+    with pytest.raises(ValueError, match="give \\(2, 1 or 4, 4\\)"):
+        fused_attention(torch.zeros(1, 4, 3 * 64, dtype=torch.bfloat16), torch.zeros(1, 4, 4), 2, 0.1)
+
+
+@needs_pairs
+def test_bf16_layers_with_fused_attention_follow_the_fp32_model(tmp_path):
+    from transformers import AutoModel
+
+    from lth.train import autocast
+
+    model = AutoModel.from_pretrained(make_tiny(tmp_path / "bert", hidden=64, dropout=0.0),
+                                      attn_implementation="eager").eval()
+    ids = torch.tensor([[2, 5, 14, 6, 17, 3, 0, 0], [2, 10, 15, 9, 11, 12, 18, 3]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    with torch.no_grad():
+        want = model(**batch).last_hidden_state
+        lean_layers(model)
+        assert all(layer.forward.fused for layer in model.encoder.layer), "head size 32: the fused kernel runs"
+        with autocast(torch.device("cpu"), "bf16"):
+            fused = model(**batch).last_hidden_state.float()
+            for layer in model.encoder.layer:
+                layer.forward.fused = False
+            unfused = model(**batch).last_hidden_state.float()
+    assert not torch.equal(fused, unfused), "two different computations"
+    assert (fused - want).abs().max() < 0.05 and (unfused - want).abs().max() < 0.05
+    assert (fused - want).abs().mean() <= (unfused - want).abs().mean() * 1.5, "no worse than torch's bf16 path"
 
 
 def test_the_mask_is_converted_once_per_forward_and_kept_exact():

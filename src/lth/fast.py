@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import cpu_has_native_bf16
 from .errors import LthError
-from .kernels import CSR, backend, pair_kernel, sparse_linear
+from .kernels import ATTENTION_SIZES, CSR, backend, fused_attention, pair_kernel, sparse_linear
 from .train import autocast
 
 DENSE_ABOVE = 0.8  # a matrix keeping more than this is never worth a sparse kernel
@@ -140,20 +140,28 @@ def _standard_layer(layer: nn.Module) -> bool:
 class _LeanForward:
     """A BERT layer's forward in few ops (see lean_layers); HF calls it with (hidden, mask, ...).
 
-    Attention runs outside autocast in the dtype of Q: the scores as one batched product that also scales and adds
-    the mask (baddbmm), softmax on them directly (in bf16 torch still sums in fp32), then the context. Under
-    autocast the same steps cast the scores to fp32 and back and take three more passes over them (22% of the
-    whole model's time at batch 32 x 128, 70% sparse MiniLM, measured)."""
+    In bf16, where the pair kernel is built and the head size is one it has, Q, K and V (fused, see `_fuse_qkv`)
+    go to the fused attention kernel (`kernels.fused_attention`). Otherwise attention runs outside autocast in the
+    dtype of Q: the scores as one batched product that also scales and adds the mask (baddbmm), softmax on them
+    directly (in bf16 torch still sums in fp32), then the context. Under autocast the same steps cast the scores
+    to fp32 and back and take three more passes over them (22% of the whole model's time at batch 32 x 128, 70%
+    sparse MiniLM, measured)."""
 
     def __init__(self, layer: nn.Module, masks: "_Masks"):
         self.layer, self.masks = layer, masks
+        self.fused = pair_kernel() and layer.attention.self.attention_head_size in ATTENTION_SIZES
 
     def __call__(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
         layer, batch, tokens, width = self.layer, *hidden_states.shape
         att, out, ffn = layer.attention.self, layer.attention.output, layer.output
         heads, size = att.num_attention_heads, att.attention_head_size
         if hasattr(att, "qkv"):
-            q, k, v = att.qkv(hidden_states).split(heads * size, -1)
+            qkv = att.qkv(hidden_states)
+            if self.fused and qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu":
+                mask = self.masks.additive(attention_mask, heads, torch.bfloat16)
+                context = fused_attention(qkv, mask, heads, size ** -0.5)
+                return self._rest(context, hidden_states)
+            q, k, v = qkv.split(heads * size, -1)
         else:
             q, k, v = att.query(hidden_states), att.key(hidden_states), att.value(hidden_states)
         with torch.autocast(hidden_states.device.type, enabled=False):
@@ -168,6 +176,12 @@ class _LeanForward:
                 scores = torch.baddbmm(mask, q, k, alpha=size ** -0.5)
             context = torch.bmm(scores.softmax(-1), v).view(batch, heads, tokens, size)
             context = context.transpose(1, 2).reshape(batch, tokens, width)
+        return self._rest(context, hidden_states)
+
+    def _rest(self, context: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The output projection, residual and LayerNorm, the FFN, residual and LayerNorm."""
+        layer = self.layer
+        out, ffn = layer.attention.output, layer.output
         attended = out.LayerNorm(out.dense(context) + hidden_states)
         return ffn.LayerNorm(ffn.dense(layer.intermediate(attended)) + attended)
 
