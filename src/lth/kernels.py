@@ -116,6 +116,24 @@ static void load_tile(const In* x, int64_t width, int64_t count, float* xt) {
         for (int64_t t = 0; t < 64; ++t) xt[i * 64 + t] = t < count ? static_cast<float>(x[t * width + i]) : 0.f;
 }
 
+#if defined(__AVX512F__)
+// exp(x) for x <= 0 (clamped at -100: e^-100 is 0 next to the row's largest term, which is 1): 2^(x log2 e), an
+// integer power by scalef and the fraction by a degree-6 polynomial.
+static inline __m512 exp_nonpositive(__m512 x) {
+    const __m512 e = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-100.f)), _mm512_set1_ps(1.44269504f));
+    const __m512 n = _mm512_roundscale_ps(e, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(e, n);
+    __m512 q = _mm512_set1_ps(1.53524e-4f);
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(1.33988e-3f));
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(9.61817e-3f));
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(5.55036e-2f));
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(2.40226e-1f));
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(6.93147e-1f));
+    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(q, n);
+}
+#endif
+
 // GELU(x) = x/2 (1 + erf(x/sqrt 2)), erf by Abramowitz and Stegun 7.1.26 (|error| < 1.5e-7), over a row of 64.
 static void gelu64(float* v) {
 #if defined(__AVX512F__)
@@ -130,18 +148,8 @@ static void gelu64(float* v) {
         p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
         p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
         p = _mm512_mul_ps(p, t);
-        // exp(-a^2) = 2^(-a^2 log2 e): an integer power by scalef, the fraction by a degree-6 polynomial
-        const __m512 e = _mm512_mul_ps(_mm512_mul_ps(a, a), _mm512_set1_ps(-1.44269504f));
-        const __m512 n = _mm512_roundscale_ps(e, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const __m512 f = _mm512_sub_ps(e, n);
-        __m512 q = _mm512_set1_ps(1.53524e-4f);
-        q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(1.33988e-3f));
-        q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(9.61817e-3f));
-        q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(5.55036e-2f));
-        q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(2.40226e-1f));
-        q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(6.93147e-1f));
-        q = _mm512_fmadd_ps(q, f, one);
-        const __m512 y = _mm512_fnmadd_ps(p, _mm512_scalef_ps(q, n), one);  // erf(|z|)
+        const __m512 y = _mm512_fnmadd_ps(p, exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a))),
+                                          one);  // erf(|z|)
         const __m512 erf = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(y), _mm512_and_si512(
             _mm512_castps_si512(z), _mm512_set1_epi32(0x80000000))));
         _mm512_storeu_ps(v + j, _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(one, erf)));
@@ -368,29 +376,6 @@ torch::Tensor pair_linear(torch::Tensor x, int64_t chunk, torch::Tensor indptr, 
 #endif
 }
 #if defined(__AVX512BF16__)
-// exp(x) for x <= 0 (clamped at -100: e^-100 is 0 next to the row's largest term, which is 1): 2^(x log2 e), an
-// integer power by scalef and the fraction by the degree-6 polynomial gelu64 uses.
-static inline __m512 exp_nonpositive(__m512 x) {
-    const __m512 e = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-100.f)), _mm512_set1_ps(1.44269504f));
-    const __m512 n = _mm512_roundscale_ps(e, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(e, n);
-    __m512 q = _mm512_set1_ps(1.53524e-4f);
-    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(1.33988e-3f));
-    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(9.61817e-3f));
-    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(5.55036e-2f));
-    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(2.40226e-1f));
-    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(6.93147e-1f));
-    q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(1.f));
-    return _mm512_scalef_ps(q, n);
-}
-
-static inline float bf16_to_float(uint16_t h) {
-    uint32_t bits = static_cast<uint32_t>(h) << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-
 // One head of one sequence: context = softmax(scale q kᵀ + mask) v, q, k and v read from the fused projection
 // (tokens x 3 width, bf16), the context written into its (tokens x width) slice. Both products take pairs along
 // their sum with VDPBF16PS: scores pair two dimensions of q (broadcast) against the same two of 16 keys, the
@@ -586,7 +571,7 @@ def _native():
     try:
         from torch.utils.cpp_extension import load_inline
 
-        module = load_inline("lth_sparse_v13", cpp_sources=CPP,
+        module = load_inline("lth_sparse_v14", cpp_sources=CPP,
                              functions=["sparse_linear", "pair_linear", "has_pairs", "attention"],
                              extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                              verbose=False)
