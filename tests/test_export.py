@@ -6,6 +6,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -162,6 +163,25 @@ def test_fp16_compact_is_half_and_its_metrics_are_measured(shipped, tmp_path):
     model = load_compact(tmp_path / "half")
     weights = masked_trained_model(shipped).state_dict()
     assert all(torch.equal(v, weights[k].half().float()) for k, v in model.state_dict().items())
+
+
+def test_the_fast_engine_is_scored_on_the_dev_set_at_export(shipped, capsys):
+    from lth.config import cpu_has_native_bf16
+    from lth.exports import TOLERANCE_POINTS, fast_engine, report
+
+    engine = shipped["result"]["fast_engine"]
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert engine["precision"] == precision and engine["primary"] == "accuracy"
+    assert shipped["result"]["metrics"][f"fast engine ({precision})"] == engine["metrics"]
+    exported = shipped["result"]["metrics"]["model"]
+    assert engine["moves_points"] == pytest.approx(100 * (engine["metrics"]["accuracy"] - exported["accuracy"]))
+    assert engine["within_tolerance"] == (abs(engine["moves_points"]) <= TOLERANCE_POINTS + 1e-9)
+    moved = {**shipped["result"], "fast_engine": {**engine, "precision": "bf16", "moves_points": -0.49,
+                                                   "within_tolerance": False}}
+    assert "moves accuracy by -0.49 points: more than 0.2; for the exported model's outputs load it with " \
+           "lth.load_fast(folder, precision='fp32')" in report(moved, shipped["to"])
+    search = SimpleNamespace(task=SimpleNamespace(forward=lambda *a: None))
+    assert fast_engine(search, shipped["to"], exported) is None, "masked-LM: its forward reaches inside the model"
 
 
 def test_onnx_logits_match(shipped):

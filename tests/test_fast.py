@@ -328,6 +328,24 @@ def test_predict_labels_a_file(shipped, tmp_path, capsys):
     assert "no column 'nope'" in capsys.readouterr().err
 
 
+def test_predict_in_fp32_gives_the_exported_models_scores(shipped, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "labels.tsv"
+    assert main(["predict", str(shipped["to"]), "--input", shipped["dev"], "--output", str(out),
+                 "--precision", "fp32"]) == 0
+    got = [[float(v) for v in r[2:]] for r in list(csv.reader(out.read_text().splitlines(), delimiter="\t"))[1:]]
+    tokenizer = AutoTokenizer.from_pretrained(shipped["to"] / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(shipped["to"] / "model").eval()
+    with open(shipped["dev"], newline="") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    with torch.no_grad():
+        want = torch.cat([model(**tokenizer([t], return_tensors="pt")).logits for t in texts])
+    assert torch.allclose(torch.tensor(got), want, atol=2e-6)
+    with pytest.raises(lth.LthError, match="give 'auto', 'bf16' or 'fp32'"):
+        lth.load_fast(shipped["to"], precision="fp16")
+
+
 def test_speed_and_the_benchmark_run_on_a_tiny_model(shipped, capsys):
     assert main(["speed", str(shipped["to"]), "--batch-size", "4", "--length", "16", "--repeats", "2",
                  "--threads", "1"]) == 0

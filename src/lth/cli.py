@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--text-column", default="text")
     label.add_argument("--text-pair-column")
     label.add_argument("--batch-size", type=int, default=64)
+    for engine in (clock, label):
+        engine.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                            help="the engine's: bf16 where the CPU has it natively (auto), or as given; fp32 gives "
+                            "the exported model's outputs")
     show = sub.add_parser("report", help="one self-contained HTML page of runs, verdicts and transfers",
                           description="Writes TO/index.html (opens offline, figures inline) with, per run: the "
                           "recipe, metric against sparsity, the verdict, density per layer, mask overlaps, "
@@ -203,7 +207,7 @@ def cmd_speed(args) -> None:
 
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    fast = load_fast(args.export)
+    fast = load_fast(args.export, args.precision)
     dense = reload_hf(fast.model.name_or_path, type(fast.model).__name__)
     print(f"sparse kernel: {backend()[1]}; {threads} threads, median of {args.repeats} interleaved rounds")
     print(table(compare(dense, fast, [(args.batch_size, args.length), (1, args.length)], args.repeats, threads)))
@@ -213,7 +217,7 @@ def cmd_predict(args) -> None:
     from .fast import predict_file
 
     rows = predict_file(args.export, args.input, args.output, args.text_column, args.text_pair_column,
-                        args.batch_size)
+                        args.batch_size, args.precision)
     print(f"{rows} rows labelled: {args.output}")
 
 

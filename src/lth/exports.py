@@ -65,6 +65,10 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
     result = {**about, "head": head, "files": {}, "metrics": {"run": record["metrics"], "retrained": metrics}}
     result["metrics"]["model"] = search.evaluate("exported model", reload_hf(to / "model", head))
     result["metrics"][f"compact ({'fp16' if fp16 else 'fp32'})"] = search.evaluate("compact", load_compact(to / "compact"))
+    engine = fast_engine(search, to, result["metrics"]["model"])
+    if engine is not None:
+        result["fast_engine"] = engine
+        result["metrics"][f"fast engine ({engine['precision']})"] = engine["metrics"]
     if onnx:
         from .serving import export_onnx
 
@@ -73,6 +77,25 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
     save_json(result, to / "ticket.json")
     print(report(result, to))
     return result
+
+
+TOLERANCE_POINTS = 0.2  # how far bf16 may move the dev metric before the export says to run in fp32
+
+
+def fast_engine(search: Search, to: Path, exported: dict[str, float]) -> dict | None:
+    """The dev metrics of lth's fast engine (`load_fast`: bf16 where the CPU has it) on the export, and how many
+    points its primary metric lies from the exported model's; None where the task's own forward reaches inside the
+    model (masked-LM), which the engine does not wrap."""
+    if getattr(search.task, "forward", None) is not None:
+        return None
+    from .fast import load_fast
+
+    engine = load_fast(to)
+    metrics = search.evaluate(f"fast engine ({engine.precision})", engine)
+    primary = search.task.primary
+    moved = (metrics[primary] - exported[primary]) * (1 if getattr(search.task, "percent", False) else 100)
+    return {"precision": engine.precision, "metrics": metrics, "primary": primary, "moves_points": moved,
+            "within_tolerance": abs(moved) <= TOLERANCE_POINTS + 1e-9}
 
 
 def choose_level(run: Path, level: int | None, sparsity: float | None) -> int:
@@ -193,6 +216,12 @@ def report(result: dict, to: Path) -> str:
         lines.append(f"  model.onnx           {mb(files['bytes']['model.onnx'])}")
     for name, values in result["metrics"].items():
         lines.append(f"  dev metrics, {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items() if v is not None))
+    engine = result.get("fast_engine")
+    if engine and engine["precision"] != "fp32":
+        moved = f"the fast engine in {engine['precision']} moves {engine['primary']} by {engine['moves_points']:+.2f} points"
+        lines.append(f"  {moved}" + ("" if engine["within_tolerance"] else
+                     f": more than {TOLERANCE_POINTS}; for the exported model's outputs load it with "
+                     "lth.load_fast(folder, precision='fp32') or lth predict --precision fp32"))
     return "\n".join(lines)
 
 

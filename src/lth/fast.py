@@ -78,6 +78,11 @@ class FastModel(nn.Module):
         with torch.inference_mode(), autocast(torch.device("cpu"), self.precision):
             return self.model(**inputs)
 
+    def train(self, mode: bool = True) -> "FastModel":
+        """Always in evaluation: an engine for inference (callers that switch a model back to training after
+        evaluating it, as lth's own evaluation does, leave its dropout off)."""
+        return super().train(False)
+
     def layers(self) -> dict[str, str]:
         """Per swapped layer, which implementation each input size uses (after the first calls)."""
         return {name: ",".join(f"{b}:{c}" for b, c in sorted(m.choice.items())) or "not run yet"
@@ -258,6 +263,8 @@ def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
         model = getattr(transformers, config.architectures[0]).from_pretrained(folder, attn_implementation="eager")
     except Exception as exc:  # a damaged or foreign folder
         raise LthError(f"could not load the model in {folder} ({type(exc).__name__}); export it again") from None
+    if precision not in ("auto", "bf16", "fp32"):
+        raise LthError(f"precision {precision!r}: give 'auto', 'bf16' or 'fp32'")
     if precision == "auto":
         precision = "bf16" if cpu_has_native_bf16() else "fp32"
     sparsify(model, _pruned_names(folder.parent), bf16=precision == "bf16")
@@ -274,9 +281,9 @@ def _pruned_names(export: Path) -> list[str] | None:
 
 
 def predict_file(path: str | Path, source: str, target: str, text_column: str = "text",
-                 pair_column: str | None = None, batch_size: int = 64) -> int:
-    """Label every row of a .csv/.tsv/.jsonl file with an exported classifier on the fast engine; writes a TSV
-    of row, label and the scores; returns the rows written."""
+                 pair_column: str | None = None, batch_size: int = 64, precision: str = "auto") -> int:
+    """Label every row of a .csv/.tsv/.jsonl file with an exported classifier on the fast engine (`precision` as
+    in load_fast); writes a TSV of row, label and the scores; returns the rows written."""
     import csv
 
     from tqdm.auto import tqdm
@@ -286,7 +293,7 @@ def predict_file(path: str | Path, source: str, target: str, text_column: str = 
     from .files import atomic_path
     from .tasks.text import _existing, _field, _records
 
-    fast = load_fast(path)
+    fast = load_fast(path, precision)
     if not hasattr(fast.model, "num_labels") or "ForSequenceClassification" not in type(fast.model).__name__:
         raise LthError(f"lth predict labels text with a classifier; {path} holds a {type(fast.model).__name__}")
     tokenizer = AutoTokenizer.from_pretrained(fast.model.name_or_path)  # the folder load_fast found

@@ -254,6 +254,7 @@ class SquadTask:
     metric_names = ["f1", "exact_match"]
     primary = "f1"
     name = "squad"
+    percent = True  # its metrics are percentages already (the official script's scale)
 
     def __init__(self, data: str | None, eval: str | None, split: str, stride: int,
                  train_limit: int | None = None, eval_limit: int | None = None):
