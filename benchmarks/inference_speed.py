@@ -8,6 +8,7 @@ fastest dense engine, and each engine's largest difference from torch fp32's log
 
     python benchmarks/inference_speed.py                       # MiniLM-L6 + a classification head
     python benchmarks/inference_speed.py --model path/to/model --sparsities 0.9 --repeats 5
+    python benchmarks/inference_speed.py --precision fp32      # the engine as it runs on a CPU without bf16
 """
 from __future__ import annotations
 
@@ -42,10 +43,12 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="lth's engine: bf16 where native (auto), or fp32 (what a CPU without bf16 runs)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    precision = args.precision if args.precision != "auto" else "bf16" if cpu_has_native_bf16() else "fp32"
     print(f"sparse kernel: {backend()[1]}; lth engine in {precision}; {args.threads} threads; "
           f"median of {args.repeats} interleaved rounds")
     found = {}

@@ -352,13 +352,17 @@ def test_speed_and_the_benchmark_run_on_a_tiny_model(shipped, capsys):
     out = capsys.readouterr().out
     for engine in ("torch fp32", "torch bf16", "onnxruntime fp32", "openvino f32", "openvino bf16", "lth sparse"):
         assert engine in out, engine
+    assert main(["speed", str(shipped["to"]), "--batch-size", "2", "--length", "8", "--repeats", "1",
+                 "--threads", "1", "--precision", "fp32"]) == 0
+    assert "lth sparse (native, fp32)" in capsys.readouterr().out
     bench = subprocess.run([sys.executable, str(REPO / "benchmarks" / "inference_speed.py"), "--model",
                             str(shipped["root"] / "model"), "--sparsities", "0.5,0.9", "--batch-size", "4",
-                            "--length", "16", "--repeats", "2", "--threads", "1"],
+                            "--length", "16", "--repeats", "2", "--threads", "1", "--precision", "fp32"],
                            env={**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"},
                            capture_output=True, text=True, timeout=600)
     assert bench.returncode == 0, bench.stderr[-2000:]
     assert bench.stdout.count("fastest dense engine") == 4 and "layers on the sparse kernel" in bench.stdout
+    assert "lth engine in fp32" in bench.stdout
 
 
 def test_sparsify_fuses_gelu_into_the_ffn_in(shipped):

@@ -197,13 +197,14 @@ class _Masks:
     shaped (batch x heads, rows, keys) for baddbmm."""
 
     def __init__(self):
-        self.source, self.key, self.value = None, None, None
+        self.last: tuple = (None, None, None)  # (mask, (heads, dtype), converted): one tuple, swapped whole
 
     def additive(self, mask: torch.Tensor | None, heads: int, dtype: torch.dtype) -> torch.Tensor | None:
         if mask is None:
             return None
-        if mask is self.source and self.key == (heads, dtype):
-            return self.value
+        source, key, value = self.last  # read once: another thread's call may replace it meanwhile
+        if mask is source and key == (heads, dtype):
+            return value
         low = torch.finfo(dtype).min
         converted = torch.where(mask, 0.0, low) if mask.dtype == torch.bool else mask.clamp(min=low)
         if converted.dim() < 4:  # (batch, keys) or (batch, rows, keys): no heads axis
@@ -212,7 +213,7 @@ class _Masks:
             converted = converted[..., :1, :]
         batch, _, rows, keys = converted.shape
         value = converted.to(dtype).expand(batch, heads, rows, keys).reshape(batch * heads, rows, keys)
-        self.source, self.key, self.value = mask, (heads, dtype), value
+        self.last = (mask, (heads, dtype), value)
         return value
 
 
