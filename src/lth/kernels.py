@@ -8,7 +8,7 @@ outputs is transposed back into Y. Tiles run in parallel on torch's threads.
 Inputs and outputs may be bf16 (converted while transposing), the products are fp32. Where the CPU has
 AVX512-BF16 a second layout (`CSR(pairs=True)`) keeps W and the tile in bf16 and multiplies two non-zeros of a row
 per instruction (VDPBF16PS, sums in fp32): what bf16 autocast's matmul computes, in half the bytes; on MiniLM's
-shapes 1.2-2.5x the fp32 layout's speed (measured at 5-50% density).
+shapes 1.2-2.8x the fp32 layout's speed (measured at 5-50% density).
 
 Three implementations, best first: a C++ kernel with AVX-512 (or AVX2) intrinsics, compiled for this machine
 on first use (needs a C++ compiler; cached by torch); the same algorithm in numba (a wheel, no compiler); and
