@@ -182,6 +182,10 @@ def test_the_fast_engine_is_scored_on_the_dev_set_at_export(shipped, capsys):
            "lth.load_fast(folder, precision='fp32')" in report(moved, shipped["to"])
     search = SimpleNamespace(task=SimpleNamespace(forward=lambda *a: None))
     assert fast_engine(search, shipped["to"], exported) is None, "masked-LM: its forward reaches inside the model"
+    broken = fast_engine(SimpleNamespace(task=SimpleNamespace()), shipped["root"] / "nowhere", exported)
+    assert broken["error"].startswith("LthError: no model at")
+    assert "could not run this model: LthError" in report({**shipped["result"], "fast_engine": broken},
+                                                          shipped["to"])
 
 
 def test_onnx_logits_match(shipped):

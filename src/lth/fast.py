@@ -194,7 +194,7 @@ class _LeanForward:
 class _Masks:
     """The attention mask HF hands every layer, converted once per forward (the same tensor comes to each layer):
     additive, finite in the scores' dtype, one row per sequence where all its rows are equal (a padding mask), and
-    shaped (batch x heads, rows, keys) for baddbmm."""
+    shaped (batch x heads, rows, keys) as baddbmm and the fused attention kernel take it."""
 
     def __init__(self):
         self.last: tuple = (None, None, None)  # (mask, (heads, dtype), converted): one tuple, swapped whole
@@ -254,6 +254,8 @@ def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
 
     from .models import quiet_transformers
 
+    if precision not in ("auto", "bf16", "fp32"):
+        raise LthError(f"precision {precision!r}: give 'auto', 'bf16' or 'fp32'")
     quiet_transformers()
     folder = Path(path).expanduser()
     folder = folder / "model" if (folder / "model" / "config.json").is_file() else folder
@@ -264,8 +266,6 @@ def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
         model = getattr(transformers, config.architectures[0]).from_pretrained(folder, attn_implementation="eager")
     except Exception as exc:  # a damaged or foreign folder
         raise LthError(f"could not load the model in {folder} ({type(exc).__name__}); export it again") from None
-    if precision not in ("auto", "bf16", "fp32"):
-        raise LthError(f"precision {precision!r}: give 'auto', 'bf16' or 'fp32'")
     if precision == "auto":
         precision = "bf16" if cpu_has_native_bf16() else "fp32"
     sparsify(model, _pruned_names(folder.parent), bf16=precision == "bf16")
