@@ -49,3 +49,37 @@ def test_pruning_step_reports_every_size(tmp_path):
     rows = [line.split() for line in out.splitlines() if line.split() and line.split()[-1].isdigit()]
     assert [r[1] for r in rows[1:]] == ["BERT-base"] and rows[1][3] == "7,077,888", "one BERT-base layer's weights"
     assert len(rows) == 2 and all(float(r[-3]) > 0 and int(r[-1]) >= 0 for r in rows)
+
+
+STAND_IN = """
+import numpy as np
+import onnxruntime
+
+
+class Engine:  # DeepSparse's Engine as the worker uses it, run by ONNX Runtime: checks the worker's plumbing
+    def __init__(self, model, batch_size, num_cores, input_shapes):
+        self.session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        assert [list(s) for s in input_shapes] == [[batch_size, 128]] * len(self.input_names)
+
+    def __call__(self, arrays):
+        return self.session.run(None, dict(zip(self.input_names, arrays)))
+"""
+
+
+def test_deepsparse_speed_runs_against_a_stand_in_engine(tmp_path):
+    """DeepSparse itself needs a venv of its own (numpy < 2); a stand-in with its Engine's interface, run by
+    ONNX Runtime, drives the worker process and the block timings end to end."""
+    fake = tmp_path / "fake" / "deepsparse"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(STAND_IN)
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "deepsparse_speed.py"), "--deepsparse-python",
+                          sys.executable, "--model", make_tiny(tmp_path / "bert"), "--sparsities", "0.9",
+                          "--repeats", "2", "--threads", "1"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(fake.parent)]),
+                              "TQDM_DISABLE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split() for line in out.stdout.splitlines() if line.strip().startswith("90%")]
+    assert [r[1] for r in rows] == ["32x128", "1x128"]
+    for row in rows:
+        assert float(row[-1]) < 1e-5, "the stand-in runs the dense model's ONNX file: its logits are torch's"
