@@ -14,7 +14,8 @@ import lth
 from lth.cli import main
 from lth.fast import SparseLinear, _Masks, lean_layers, sparsify
 from lth.config import cpu_has_native_bf16
-from lth.kernels import CSR, _numba, backend, choose_chunk, fused_attention, pair_kernel, sparse_linear
+from lth.kernels import (CSR, _numba, attention_dtypes, backend, choose_chunk, fused_attention, pair_kernel,
+                         sparse_linear)
 
 from tiny import make_tiny, toy_task
 
@@ -235,14 +236,18 @@ def attention_reference(qkv, mask, heads):
     return (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, tokens, width)
 
 
-@needs_pairs
 @pytest.mark.parametrize("batch, tokens, heads, size", [(1, 128, 3, 32), (2, 37, 2, 64), (3, 5, 2, 128),
                                                         (1, 1, 1, 32), (2, 20, 2, 32)])
 @pytest.mark.parametrize("masking", ["none", "padding", "causal"])
-def test_fused_attention_is_softmax_attention(batch, tokens, heads, size, masking):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_attention_is_softmax_attention(batch, tokens, heads, size, masking, dtype):
+    needs = "avx512_bf16" if dtype == torch.bfloat16 else "avx512bw"
+    if needs not in Path("/proc/cpuinfo").read_text():
+        pytest.skip(f"the CPU has no {needs}")
+    assert dtype in attention_dtypes(), f"a CPU with {needs} has the kernel built"
     g = torch.Generator().manual_seed(tokens)
-    qkv = (2 * torch.randn(batch, tokens, 3 * heads * size, generator=g)).bfloat16()
-    low = torch.finfo(torch.bfloat16).min
+    qkv = (2 * torch.randn(batch, tokens, 3 * heads * size, generator=g)).to(dtype)
+    low = torch.finfo(dtype).min
     mask = None
     if masking == "padding":
         keep = torch.rand(batch, tokens, generator=g) < 0.7
@@ -252,12 +257,12 @@ def test_fused_attention_is_softmax_attention(batch, tokens, heads, size, maskin
         mask = torch.triu(torch.full((tokens, tokens), low), 1).expand(batch, heads, tokens, tokens)
         mask = mask.clone()
         mask[:, :, -1] = low  # a row with every key masked: uniform weights, as softmax gives with a finite low
-    mask = None if mask is None else mask.reshape(batch * heads, -1, tokens).bfloat16()
+    mask = None if mask is None else mask.reshape(batch * heads, -1, tokens).to(dtype)
     got = fused_attention(qkv, mask, heads, size ** -0.5)
     want = attention_reference(qkv, mask, heads)
-    assert got.dtype == torch.bfloat16 and got.shape == (batch, tokens, heads * size)
-    # bf16 probabilities and a bf16 result: within 2^-7 of the largest output
-    assert (got.double() - want).abs().max() <= 2 ** -7 * want.abs().max()
+    assert got.dtype == dtype and got.shape == (batch, tokens, heads * size)
+    # bf16 probabilities and a bf16 result: within 2^-7 of the largest output; fp32 within 1e-5 of it
+    assert (got.double() - want).abs().max() <= (2 ** -7 if dtype == torch.bfloat16 else 1e-5) * want.abs().max()
 
 
 @needs_pairs
@@ -269,7 +274,7 @@ def test_fused_attention_refuses_what_it_cannot_do():
 
 
 @needs_pairs
-def test_bf16_layers_with_fused_attention_follow_the_fp32_model(tmp_path):
+def test_layers_with_fused_attention_follow_the_fp32_model(tmp_path):
     from transformers import AutoModel
 
     from lth.train import autocast
@@ -281,12 +286,14 @@ def test_bf16_layers_with_fused_attention_follow_the_fp32_model(tmp_path):
     with torch.no_grad():
         want = model(**batch).last_hidden_state
         lean_layers(model)
-        assert all(layer.forward.fused for layer in model.encoder.layer), "head size 32: the fused kernel runs"
+        assert all(layer.forward.fused == {torch.bfloat16, torch.float32} for layer in model.encoder.layer)
+        exact = model(**batch).last_hidden_state  # fp32, with the fused kernel
         with autocast(torch.device("cpu"), "bf16"):
             fused = model(**batch).last_hidden_state.float()
             for layer in model.encoder.layer:
-                layer.forward.fused = False
+                layer.forward.fused = set()
             unfused = model(**batch).last_hidden_state.float()
+    assert torch.allclose(exact, want, atol=1e-5), "fp32: the HF model's outputs"
     assert not torch.equal(fused, unfused), "two different computations"
     assert (fused - want).abs().max() < 0.05 and (unfused - want).abs().max() < 0.05
     assert (fused - want).abs().mean() <= (unfused - want).abs().mean() * 1.5, "no worse than torch's bf16 path"

@@ -16,7 +16,8 @@ from torch import nn
 
 from .config import cpu_has_native_bf16
 from .errors import LthError
-from .kernels import ATTENTION_SIZES, CSR, backend, fused_attention, pair_kernel, sparse_linear
+from .kernels import (ATTENTION_SIZES, CSR, attention_dtypes, backend, fused_attention, pair_kernel,
+                      sparse_linear)
 from .train import autocast
 
 DENSE_ABOVE = 0.8  # a matrix keeping more than this is never worth a sparse kernel
@@ -145,8 +146,8 @@ def _standard_layer(layer: nn.Module) -> bool:
 class _LeanForward:
     """A BERT layer's forward in few ops (see lean_layers); HF calls it with (hidden, mask, ...).
 
-    In bf16, where the pair kernel is built and the head size is one it has, Q, K and V (fused, see `_fuse_qkv`)
-    go to the fused attention kernel (`kernels.fused_attention`). Otherwise attention runs outside autocast in the
+    Where the fused attention kernel is built for Q's dtype and has its head size, Q, K and V (fused, see
+    `_fuse_qkv`) go to it (`kernels.fused_attention`). Otherwise attention runs outside autocast in the
     dtype of Q: the scores as one batched product that also scales and adds the mask (baddbmm), softmax on them
     directly (in bf16 torch still sums in fp32), then the context. Under autocast the same steps cast the scores
     to fp32 and back and take three more passes over them (22% of the whole model's time at batch 32 x 128, 70%
@@ -154,7 +155,8 @@ class _LeanForward:
 
     def __init__(self, layer: nn.Module, masks: "_Masks"):
         self.layer, self.masks = layer, masks
-        self.fused = pair_kernel() and layer.attention.self.attention_head_size in ATTENTION_SIZES
+        size = layer.attention.self.attention_head_size
+        self.fused = attention_dtypes() if size in ATTENTION_SIZES else set()  # the dtypes the kernel takes
 
     def __call__(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
         layer, batch, tokens, width = self.layer, *hidden_states.shape
@@ -162,8 +164,8 @@ class _LeanForward:
         heads, size = att.num_attention_heads, att.attention_head_size
         if hasattr(att, "qkv"):
             qkv = att.qkv(hidden_states)
-            if self.fused and qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu":
-                mask = self.masks.additive(attention_mask, heads, torch.bfloat16)
+            if qkv.dtype in self.fused and qkv.device.type == "cpu":
+                mask = self.masks.additive(attention_mask, heads, qkv.dtype)
                 context = fused_attention(qkv, mask, heads, size ** -0.5)
                 return self._rest(context, hidden_states)
             q, k, v = qkv.split(heads * size, -1)

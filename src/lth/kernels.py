@@ -32,6 +32,7 @@ CPP = r"""
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <type_traits>
 
 // Rows of n values widened to fp32 / narrowed from fp32 (bf16: 16 at a time, rounding to nearest even as
@@ -375,12 +376,88 @@ torch::Tensor pair_linear(torch::Tensor x, int64_t chunk, torch::Tensor indptr, 
     return x;
 #endif
 }
-#if defined(__AVX512BF16__)
-// One head of one sequence: context = softmax(scale q kᵀ + mask) v, q, k and v read from the fused projection
-// (tokens x 3 width, bf16), the context written into its (tokens x width) slice. Both products take pairs along
-// their sum with VDPBF16PS: scores pair two dimensions of q (broadcast) against the same two of 16 keys, the
-// context two keys' probabilities (broadcast) against their values of 16 dimensions. Scores and softmax in fp32,
-// probabilities rounded to bf16 as softmax's bf16 output is.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define LTH_ATTENTION 1
+// The additive mask's values for 16 keys (`real`: those that exist), in fp32: from bf16 bits or from fp32.
+static inline __m512 mask16(const uint16_t* m, __mmask16 real) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(real, m)), 16));
+}
+static inline __m512 mask16(const float* m, __mmask16 real) { return _mm512_maskz_loadu_ps(real, m); }
+
+// A row of scores (`keys` wide, fp32) -> its softmax in place: scaled, the mask (if any) added, keys past `tokens`
+// left out.
+template <typename M>
+static void softmax_row(float* s, int64_t keys, int64_t tokens, const M* m, float scale) {
+    __m512 top = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < keys; j += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(scale));
+        const __mmask16 real = j + 16 <= tokens ? 0xFFFF : static_cast<__mmask16>((1u << (tokens - j)) - 1);
+        if (m) v = _mm512_add_ps(v, mask16(m + j, real));
+        v = _mm512_mask_blend_ps(real, _mm512_set1_ps(-INFINITY), v);
+        _mm512_storeu_ps(s + j, v);
+        top = _mm512_max_ps(top, v);
+    }
+    const __m512 most = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t j = 0; j < keys; j += 16) {
+        const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j), most));
+        _mm512_storeu_ps(s + j, e);
+        total = _mm512_add_ps(total, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(total));
+    for (int64_t j = 0; j < keys; j += 16) _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
+}
+
+// One head of one sequence in fp32: context = softmax(scale q kᵀ + mask) v with fused multiply-adds; q, k and v
+// read from the fused projection (tokens x 3 width), the context written into its (tokens x width) slice. Scores
+// for 8 query rows x 16 keys at a time from kt (k transposed), the context from v's rows where they are.
+template <int D>
+static void one_head(const float* qkv, int64_t tokens, int64_t width, int64_t head, const float* mask,
+                     int64_t mask_stride, float scale, float* out, std::vector<float>& kt, std::vector<float>& scores) {
+    constexpr int NV = D / 16, ROWS = 8, G = 16 / NV;
+    const int64_t keys = (tokens + 15) / 16 * 16, stride = 3 * width;
+    const float* q0 = qkv + head * D;
+    const float* k0 = qkv + width + head * D;
+    const float* v0 = qkv + 2 * width + head * D;
+    for (int64_t d = 0; d < D; ++d)
+        for (int64_t j = 0; j < keys; ++j) kt[d * keys + j] = j < tokens ? k0[j * stride + d] : 0.f;
+    for (int64_t i0 = 0; i0 < tokens; i0 += ROWS) {
+        const float* qr[ROWS];
+        for (int r = 0; r < ROWS; ++r) qr[r] = q0 + std::min<int64_t>(i0 + r, tokens - 1) * stride;
+        for (int64_t jb = 0; jb < keys; jb += 16) {
+            __m512 acc[ROWS];
+            for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_setzero_ps();
+            for (int d = 0; d < D; ++d) {
+                const __m512 kv = _mm512_loadu_ps(kt.data() + d * keys + jb);
+                for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(qr[r][d]), kv, acc[r]);
+            }
+            for (int r = 0; r < ROWS; ++r) _mm512_storeu_ps(scores.data() + r * keys + jb, acc[r]);
+        }
+        for (int r = 0; r < ROWS && i0 + r < tokens; ++r)
+            softmax_row(scores.data() + r * keys, keys, tokens, mask ? mask + (i0 + r) * mask_stride : nullptr, scale);
+        for (int g = 0; g < ROWS; g += G) {
+            __m512 acc[G][NV];
+            for (int r = 0; r < G; ++r)
+                for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_setzero_ps();
+            for (int64_t j = 0; j < tokens; ++j) {
+                __m512 vv[NV];
+                for (int n = 0; n < NV; ++n) vv[n] = _mm512_loadu_ps(v0 + j * stride + 16 * n);
+                for (int r = 0; r < G; ++r) {
+                    const __m512 p = _mm512_set1_ps(scores[(g + r) * keys + j]);
+                    for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_fmadd_ps(p, vv[n], acc[r][n]);
+                }
+            }
+            for (int r = 0; r < G && i0 + g + r < tokens; ++r)
+                for (int n = 0; n < NV; ++n) _mm512_storeu_ps(out + (i0 + g + r) * width + head * D + 16 * n, acc[r][n]);
+        }
+    }
+}
+#endif
+
+#if defined(__AVX512BF16__) && defined(LTH_ATTENTION)
+// The same in bf16, both products taking pairs along their sum with VDPBF16PS: scores pair two dimensions of q
+// (broadcast) against the same two of 16 keys, the context two keys' probabilities (broadcast) against their
+// values of 16 dimensions. Scores and softmax in fp32, probabilities rounded to bf16 as softmax's bf16 output is.
 template <int D>
 static void one_head(const uint16_t* qkv, int64_t tokens, int64_t width, int64_t head, const uint16_t* mask,
                      int64_t mask_stride, float scale, uint16_t* out, std::vector<uint32_t>& kp,
@@ -416,30 +493,10 @@ static void one_head(const uint16_t* qkv, int64_t tokens, int64_t width, int64_t
         }
         for (int r = 0; r < ROWS && i0 + r < tokens; ++r) {  // softmax of each row, into bf16 probabilities
             float* s = scores.data() + r * keys;
-            const uint16_t* m = mask ? mask + (i0 + r) * mask_stride : nullptr;
-            __m512 top = _mm512_set1_ps(-INFINITY);
-            for (int64_t j = 0; j < keys; j += 16) {
-                __m512 v = _mm512_mul_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(scale));
-                const __mmask16 real = j + 16 <= tokens ? 0xFFFF : static_cast<__mmask16>((1u << (tokens - j)) - 1);
-                if (m) {
-                    const __m256i h = _mm256_maskz_loadu_epi16(real, m + j);
-                    v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-                }
-                v = _mm512_mask_blend_ps(real, _mm512_set1_ps(-INFINITY), v);
-                _mm512_storeu_ps(s + j, v);
-                top = _mm512_max_ps(top, v);
-            }
-            const __m512 most = _mm512_set1_ps(_mm512_reduce_max_ps(top));
-            __m512 total = _mm512_setzero_ps();
-            for (int64_t j = 0; j < keys; j += 16) {
-                const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j), most));
-                _mm512_storeu_ps(s + j, e);
-                total = _mm512_add_ps(total, e);
-            }
-            const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(total));
+            softmax_row(s, keys, tokens, mask ? mask + (i0 + r) * mask_stride : nullptr, scale);
             for (int64_t j = 0; j < keys; j += 16)
                 _mm256_storeu_si256(reinterpret_cast<__m256i*>(probs.data() + r * keys + j),
-                                    (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(s + j), inv)));
+                                    (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
         }
         for (int g = 0; g < ROWS; g += G) {  // context rows, G at a time
             __m512 acc[G][NV];
@@ -461,42 +518,72 @@ static void one_head(const uint16_t* qkv, int64_t tokens, int64_t width, int64_t
         }
     }
 }
+#endif
 
-template <int D>
+#if defined(LTH_ATTENTION)
+// Every (sequence, head) of the batch, in parallel: T is uint16_t (bf16) or float.
+template <int D, typename T>
 static void heads_of(const torch::Tensor& qkv, const torch::Tensor& mask, int64_t heads, double scale,
                      torch::Tensor& out) {
     const int64_t batch = qkv.size(0), tokens = qkv.size(1), width = heads * D, keys = (tokens + 15) / 16 * 16;
-    const uint16_t* src = reinterpret_cast<const uint16_t*>(qkv.data_ptr());
-    uint16_t* dst = reinterpret_cast<uint16_t*>(out.data_ptr());
+    const T* src = reinterpret_cast<const T*>(qkv.data_ptr());
+    T* dst = reinterpret_cast<T*>(out.data_ptr());
     const bool masked = mask.numel() > 0;
-    const uint16_t* mp = masked ? reinterpret_cast<const uint16_t*>(mask.data_ptr()) : nullptr;
+    const T* mp = masked ? reinterpret_cast<const T*>(mask.data_ptr()) : nullptr;
     const int64_t rows = masked ? mask.size(1) : 0;
     at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
-        std::vector<uint32_t> kp(D / 2 * keys), vp(keys / 2 * D);
-        std::vector<float> scores(8 * keys);
-        std::vector<uint16_t> probs(8 * keys);
+        std::vector<float> scores(8 * keys), kt;
+        std::vector<uint32_t> kp, vp;
+        std::vector<uint16_t> probs;
+        if constexpr (std::is_same<T, float>::value) kt.resize(D * keys);
+        else { kp.resize(D / 2 * keys); vp.resize(keys / 2 * D); probs.resize(8 * keys); }
         for (int64_t item = begin; item < end; ++item) {
             const int64_t b = item / heads, h = item % heads;
-            one_head<D>(src + b * tokens * 3 * width, tokens, width, h,
-                        masked ? mp + item * rows * tokens : nullptr, rows > 1 ? tokens : 0,
-                        static_cast<float>(scale), dst + b * tokens * width, kp, vp, scores, probs);
+            const T* m = masked ? mp + item * rows * tokens : nullptr;
+            if constexpr (std::is_same<T, float>::value)
+                one_head<D>(src + b * tokens * 3 * width, tokens, width, h, m, rows > 1 ? tokens : 0,
+                            static_cast<float>(scale), dst + b * tokens * width, kt, scores);
+#if defined(__AVX512BF16__)
+            else
+                one_head<D>(src + b * tokens * 3 * width, tokens, width, h, m, rows > 1 ? tokens : 0,
+                            static_cast<float>(scale), dst + b * tokens * width, kp, vp, scores, probs);
+#endif
         }
     });
 }
+
+template <typename T>
+static void attention_in(const torch::Tensor& qkv, const torch::Tensor& mask, int64_t heads, int64_t size,
+                         double scale, torch::Tensor& out) {
+    if (size == 32) heads_of<32, T>(qkv, mask, heads, scale, out);
+    else if (size == 64) heads_of<64, T>(qkv, mask, heads, scale, out);
+    else if (size == 128) heads_of<128, T>(qkv, mask, heads, scale, out);
+    else TORCH_CHECK(false, "head size ", size, " has no fused attention: 32, 64 or 128");
+}
 #endif
 
-// context (batch, tokens, heads x size) of a fused Q|K|V projection (batch, tokens, 3 x heads x size), all bf16;
-// mask: empty, or additive bf16 (batch x heads, 1 or tokens, tokens). Head sizes 32, 64 and 128.
+// Which dtypes the fused attention is built for here: "bf16,fp32", "fp32" or "".
+std::string attention_dtypes() {
+#if defined(LTH_ATTENTION) && defined(__AVX512BF16__)
+    return "bf16,fp32";
+#elif defined(LTH_ATTENTION)
+    return "fp32";
+#else
+    return "";
+#endif
+}
+
+// context (batch, tokens, heads x size) of a fused Q|K|V projection (batch, tokens, 3 x heads x size), bf16 or
+// fp32; mask: empty, or additive in the same dtype (batch x heads, 1 or tokens, tokens). Head sizes 32, 64, 128.
 torch::Tensor attention(torch::Tensor qkv, torch::Tensor mask, int64_t heads, double scale) {
     const int64_t size = qkv.size(2) / 3 / heads;
     auto out = torch::empty({qkv.size(0), qkv.size(1), heads * size}, qkv.options());
-#if defined(__AVX512BF16__)
-    if (size == 32) heads_of<32>(qkv, mask, heads, scale, out);
-    else if (size == 64) heads_of<64>(qkv, mask, heads, scale, out);
-    else if (size == 128) heads_of<128>(qkv, mask, heads, scale, out);
-    else TORCH_CHECK(false, "head size ", size, " has no fused attention: 32, 64 or 128");
-#else
-    TORCH_CHECK(false, "this build has no AVX512-BF16: no fused attention");
+    const bool bf16 = qkv.scalar_type() == at::ScalarType::BFloat16;
+    TORCH_CHECK(attention_dtypes().find(bf16 ? "bf16" : "fp32") != std::string::npos,
+                "no fused attention for this dtype in this build");
+#if defined(LTH_ATTENTION)
+    if (bf16) attention_in<uint16_t>(qkv, mask, heads, size, scale, out);
+    else attention_in<float>(qkv, mask, heads, size, scale, out);
 #endif
     return out;
 }
@@ -571,8 +658,9 @@ def _native():
     try:
         from torch.utils.cpp_extension import load_inline
 
-        module = load_inline("lth_sparse_v14", cpp_sources=CPP,
-                             functions=["sparse_linear", "pair_linear", "has_pairs", "attention"],
+        module = load_inline("lth_sparse_v15", cpp_sources=CPP,
+                             functions=["sparse_linear", "pair_linear", "has_pairs", "attention",
+                                        "attention_dtypes"],
                              extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
                              verbose=False)
         return module, None
@@ -663,20 +751,30 @@ def sparse_linear(x: torch.Tensor, csr: CSR, gelu: bool = False, bf16_out: bool 
 ATTENTION_SIZES = (32, 64, 128)  # head sizes the fused attention is compiled for
 
 
-def fused_attention(qkv: torch.Tensor, mask: torch.Tensor | None, heads: int, scale: float) -> torch.Tensor:
-    """softmax(scale q kᵀ + mask) v for every head, from a fused Q|K|V projection (batch, tokens, 3 x width) in bf16,
-    as (batch, tokens, width) bf16; `mask` additive bf16 (batch x heads, 1 or tokens, tokens) or None.
+def attention_dtypes() -> set[torch.dtype]:
+    """The dtypes the fused attention is built for here: bf16 needs AVX512-BF16, fp32 AVX-512 (F, BW, VL)."""
+    native, _ = _native()
+    if native is None:
+        return set()
+    return {torch.bfloat16 if name == "bf16" else torch.float32 for name in native.attention_dtypes().split(",")
+            if name}
 
-    One C++ pass a head with the pair kernel's instructions: scores and softmax in fp32, probabilities rounded to
-    bf16 (as softmax's bf16 output is), no (batch x heads x tokens x tokens) tensor written. Needs `pair_kernel()`
-    and a head size in ATTENTION_SIZES (2.5x torch's baddbmm-softmax-bmm at batch 1 x 128 on MiniLM, 1.7x at 32)."""
+
+def fused_attention(qkv: torch.Tensor, mask: torch.Tensor | None, heads: int, scale: float) -> torch.Tensor:
+    """softmax(scale q kᵀ + mask) v for every head, from a fused Q|K|V projection (batch, tokens, 3 x width) in bf16
+    or fp32, as (batch, tokens, width) in the same dtype; `mask` additive (batch x heads, 1 or tokens, tokens) or
+    None.
+
+    One C++ pass a head, no (batch x heads x tokens x tokens) tensor written, scores and softmax in fp32. In bf16
+    both products use the pair kernel's instructions and the probabilities are rounded to bf16 (as softmax's bf16
+    output is): 2.5x torch's baddbmm-softmax-bmm at batch 1 x 128 on MiniLM, 1.7x at 32. Needs the dtype in
+    `attention_dtypes()` and a head size in ATTENTION_SIZES."""
     size = qkv.shape[-1] // 3 // heads
-    if not pair_kernel() or size not in ATTENTION_SIZES or qkv.dtype != torch.bfloat16:
+    if qkv.dtype not in attention_dtypes() or size not in ATTENTION_SIZES:
         raise RuntimeError(f"no fused attention for head size {size} in {qkv.dtype} here; use torch's")
     batch, tokens = qkv.shape[:2]
     if mask is not None and (mask.dim() != 3 or mask.shape[0] != batch * heads or mask.shape[1] not in (1, tokens)
                              or mask.shape[2] != tokens):
         raise ValueError(f"mask of shape {tuple(mask.shape)}: give ({batch * heads}, 1 or {tokens}, {tokens})")
-    empty = torch.empty(0, dtype=torch.bfloat16)
-    mask = empty if mask is None else mask.to(torch.bfloat16).contiguous()
+    mask = torch.empty(0, dtype=qkv.dtype) if mask is None else mask.to(qkv.dtype).contiguous()
     return _native()[0].attention(qkv.contiguous(), mask, heads, scale)
