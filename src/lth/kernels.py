@@ -384,10 +384,17 @@ static inline __m512 mask16(const uint16_t* m, __mmask16 real) {
 }
 static inline __m512 mask16(const float* m, __mmask16 real) { return _mm512_maskz_loadu_ps(real, m); }
 
-// A row of scores (`keys` wide, fp32) -> its softmax in place: scaled, the mask (if any) added, keys past `tokens`
-// left out.
-template <typename M>
-static void softmax_row(float* s, int64_t keys, int64_t tokens, const M* m, float scale) {
+static inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+#if defined(__AVX512BF16__)
+static inline void store16(uint16_t* p, __m512 v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
+}
+#endif
+
+// A row of scores (`keys` wide, fp32) -> its softmax into `out` (fp32, which may be `s` itself, or bf16): scaled,
+// the mask (if any) added, keys past `tokens` left out.
+template <typename M, typename Out>
+static void softmax_row(float* s, int64_t keys, int64_t tokens, const M* m, float scale, Out* out) {
     __m512 top = _mm512_set1_ps(-INFINITY);
     for (int64_t j = 0; j < keys; j += 16) {
         __m512 v = _mm512_mul_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(scale));
@@ -405,7 +412,7 @@ static void softmax_row(float* s, int64_t keys, int64_t tokens, const M* m, floa
         total = _mm512_add_ps(total, e);
     }
     const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(total));
-    for (int64_t j = 0; j < keys; j += 16) _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
+    for (int64_t j = 0; j < keys; j += 16) store16(out + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
 }
 
 // One head of one sequence in fp32: context = softmax(scale q kᵀ + mask) v with fused multiply-adds; q, k and v
@@ -433,8 +440,10 @@ static void one_head(const float* qkv, int64_t tokens, int64_t width, int64_t he
             }
             for (int r = 0; r < ROWS; ++r) _mm512_storeu_ps(scores.data() + r * keys + jb, acc[r]);
         }
-        for (int r = 0; r < ROWS && i0 + r < tokens; ++r)
-            softmax_row(scores.data() + r * keys, keys, tokens, mask ? mask + (i0 + r) * mask_stride : nullptr, scale);
+        for (int r = 0; r < ROWS && i0 + r < tokens; ++r) {
+            float* s = scores.data() + r * keys;
+            softmax_row(s, keys, tokens, mask ? mask + (i0 + r) * mask_stride : nullptr, scale, s);
+        }
         for (int g = 0; g < ROWS; g += G) {
             __m512 acc[G][NV];
             for (int r = 0; r < G; ++r)
@@ -491,13 +500,9 @@ static void one_head(const uint16_t* qkv, int64_t tokens, int64_t width, int64_t
             }
             for (int r = 0; r < ROWS; ++r) _mm512_storeu_ps(scores.data() + r * keys + jb, acc[r]);
         }
-        for (int r = 0; r < ROWS && i0 + r < tokens; ++r) {  // softmax of each row, into bf16 probabilities
-            float* s = scores.data() + r * keys;
-            softmax_row(s, keys, tokens, mask ? mask + (i0 + r) * mask_stride : nullptr, scale);
-            for (int64_t j = 0; j < keys; j += 16)
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(probs.data() + r * keys + j),
-                                    (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
-        }
+        for (int r = 0; r < ROWS && i0 + r < tokens; ++r)  // softmax of each row, into bf16 probabilities
+            softmax_row(scores.data() + r * keys, keys, tokens, mask ? mask + (i0 + r) * mask_stride : nullptr,
+                        scale, probs.data() + r * keys);
         for (int g = 0; g < ROWS; g += G) {  // context rows, G at a time
             __m512 acc[G][NV];
             for (int r = 0; r < G; ++r)
@@ -658,7 +663,7 @@ def _native():
     try:
         from torch.utils.cpp_extension import load_inline
 
-        module = load_inline("lth_sparse_v15", cpp_sources=CPP,
+        module = load_inline("lth_sparse_v16", cpp_sources=CPP,
                              functions=["sparse_linear", "pair_linear", "has_pairs", "attention",
                                         "attention_dtypes"],
                              extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
