@@ -4,7 +4,8 @@ For each sparsity: the model's prunable weights (the encoder's linear layers, po
 global magnitude, then torch fp32, torch bf16 autocast, ONNX Runtime, OpenVINO f32 and bf16 (where installed)
 and lth's engine (`lth.load_fast`: sparse kernels where they pay, bf16 where native) are timed, interleaved in
 one process, at batch 32 x 128 and 1 x 128 tokens. Prints medians, speed against torch fp32 and against the
-fastest dense engine, and each engine's largest difference from torch fp32's logits.
+fastest dense engine, and each engine's largest difference from torch fp32's logits. DeepSparse, the sparse
+engine, needs a virtual environment of its own and is compared in deepsparse_speed.py.
 
     python benchmarks/inference_speed.py                       # MiniLM-L6 + a classification head
     python benchmarks/inference_speed.py --model path/to/model --sparsities 0.9 --repeats 5
