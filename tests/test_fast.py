@@ -56,6 +56,27 @@ def test_sparse_linear_equals_the_dense_product(tokens, out, width, density, chu
     assert batched.shape == (1, tokens, out) and torch.allclose(batched[0], x @ w.T, atol=1e-4)
 
 
+@pytest.mark.parametrize("pairs", [False, True])
+def test_few_tokens_split_the_rows_between_threads_with_the_same_result(pairs):
+    """Under 64 tokens a tile: with 2 threads the rows are split into blocks (here 0-63 and 64-99); every output
+    must be what one thread computes, and the product's."""
+    if pairs and not pair_kernel():
+        pytest.skip("the CPU has no AVX512-BF16")
+    w, b = pruned(100, 40, 0.3, 5), torch.randn(100)
+    csr, x = CSR(w, b, pairs=pairs), torch.randn(10, 40)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = sparse_linear(x, csr, gelu=True)
+        torch.set_num_threads(2)
+        split = sparse_linear(x, csr, gelu=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, split)
+    ref = (x.bfloat16().float() @ w.bfloat16().float().T if pairs else x @ w.T) + b
+    assert torch.allclose(split, torch.nn.functional.gelu(ref), atol=1e-4)
+
+
 def test_bf16_rounding_ties_to_even_and_keeps_nan_and_inf():
     """An identity weight passes values through: bf16 output must be torch's rounding of each, specials included."""
     values = torch.tensor([1.00390625, 1.01171875, -1.00390625, 3.0e38, float("inf"), -float("inf"), float("nan"),

@@ -160,24 +160,24 @@ static void gelu64(float* v) {
 #endif
 }
 
-// acc (rows x 64) -> `count` token rows of y (tokens x rows), 16 x 16 blocks transposed then narrowed.
+// acc (rows x 64) -> `count` token rows of y (a row every `stride`), 16 x 16 blocks transposed then narrowed.
 template <typename Out>
-static void transpose_out(const float* acc, int64_t rows, int64_t count, Out* y) {
+static void transpose_out(const float* acc, int64_t rows, int64_t count, Out* y, int64_t stride) {
     int64_t o = 0;
 #if defined(__AVX512F__)
     alignas(64) float block[256];
     for (; o + 16 <= rows; o += 16)
         for (int64_t t = 0; t < count; t += 16) {
             if (std::is_same<Out, float>::value && t + 16 <= count) {
-                transpose16(acc + o * 64 + t, 64, reinterpret_cast<float*>(y) + t * rows + o, rows);
+                transpose16(acc + o * 64 + t, 64, reinterpret_cast<float*>(y) + t * stride + o, stride);
                 continue;
             }
             transpose16(acc + o * 64 + t, 64, block, 16);
-            for (int64_t c = 0; c < 16 && t + c < count; ++c) narrow<Out>(block + c * 16, y + (t + c) * rows + o, 16);
+            for (int64_t c = 0; c < 16 && t + c < count; ++c) narrow<Out>(block + c * 16, y + (t + c) * stride + o, 16);
         }
 #endif
     for (; o < rows; ++o)
-        for (int64_t t = 0; t < count; ++t) y[t * rows + o] = static_cast<Out>(acc[o * 64 + t]);
+        for (int64_t t = 0; t < count; ++t) y[t * stride + o] = static_cast<Out>(acc[o * 64 + t]);
 }
 
 // out[0:64] = (first ? bias : out) + the sum over k in [k, end) of values[k] * xt[indices[k]]
@@ -312,26 +312,33 @@ static inline void products(const uint16_t* xt, int64_t k, const int64_t end, co
 
 // The weights come in column chunks (indptr: chunk-major, then rows; indices relative to the chunk): every row
 // sums over the first chunk, then the next... so the chunk of the tile being read stays in L1, not all of it.
+// Work items are (tile, block of `per` output rows): one block a tile when there are tiles enough for the threads,
+// more when there are not (batch 1 with few tokens), so every thread has work. A thread keeps its tile loaded
+// across consecutive items of the same tile.
 template <typename Tile, typename Value, typename In, typename Out>
 static void tiles(const In* x, int64_t tokens, int64_t width, int64_t chunk, const int64_t* indptr,
                   const int16_t* indices, const Value* values, const float* bias, int64_t rows, Out* y, bool gelu,
-                  int64_t begin, int64_t end) {
+                  int64_t blocks, int64_t per, int64_t begin, int64_t end) {
     std::vector<Tile> xt(((width + 15) / 16) * 16 * 64);
-    std::vector<float> acc(rows * 64);
+    std::vector<float> acc(per * 64);
     const int64_t chunks = (width + chunk - 1) / chunk;
-    for (int64_t tile = begin; tile < end; ++tile) {
+    int64_t loaded = -1;
+    for (int64_t item = begin; item < end; ++item) {
+        const int64_t tile = item / blocks, first = item % blocks * per, last = std::min(rows, first + per);
         const int64_t start = tile * 64, count = std::min<int64_t>(64, tokens - start);
-        load_tile<In>(x + start * width, width, count, xt.data());
+        if (first >= last) continue;
+        if (tile != loaded) load_tile<In>(x + start * width, width, count, xt.data());
+        loaded = tile;
         for (int64_t c = 0; c < chunks; ++c) {
             const int64_t* ptr = indptr + c * rows;
-            for (int64_t o = 0; o < rows; ++o)
+            for (int64_t o = first; o < last; ++o)
                 if (c == 0 || ptr[o] < ptr[o + 1])
                     products(xt.data() + c * chunk * 64, ptr[o], ptr[o + 1], indices, values, bias[o], c == 0,
-                             acc.data() + o * 64);
+                             acc.data() + (o - first) * 64);
         }
         if (gelu)
-            for (int64_t o = 0; o < rows; ++o) gelu64(acc.data() + o * 64);
-        transpose_out<Out>(acc.data(), rows, count, y + start * rows);
+            for (int64_t o = 0; o < last - first; ++o) gelu64(acc.data() + o * 64);
+        transpose_out<Out>(acc.data(), last - first, count, y + start * rows + first, rows);
     }
 }
 
@@ -342,17 +349,22 @@ static torch::Tensor linear(const torch::Tensor& x, int64_t chunk, const torch::
                             const torch::Tensor& indices, const torch::Tensor& values, const torch::Tensor& bias,
                             bool gelu, bool bf16_out) {
     const bool bf16_in = x.scalar_type() == at::ScalarType::BFloat16;
-    const int64_t tokens = x.size(0), width = x.size(1), rows = bias.size(0);
+    const int64_t tokens = x.size(0), width = x.size(1), rows = bias.size(0), count = (tokens + 63) / 64;
     auto y = torch::empty({tokens, rows}, x.options().dtype(bf16_out || bf16_in ? at::kBFloat16 : at::kFloat));
+    // fewer tiles than threads: split the rows too, in blocks of whole 16-row groups
+    const int64_t threads = at::get_num_threads();
+    const int64_t blocks = count >= threads ? 1 : std::min<int64_t>((threads + count - 1) / count,
+                                                                     std::max<int64_t>(1, rows / 16));
+    const int64_t per = ((rows + blocks - 1) / blocks + 15) / 16 * 16;
     auto each = [&](auto in, auto out) {
         using In = decltype(in);
         using Out = decltype(out);
         const In* xp = reinterpret_cast<const In*>(x.data_ptr());
         Out* yp = reinterpret_cast<Out*>(y.data_ptr());
-        at::parallel_for(0, (tokens + 63) / 64, 1, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, count * blocks, 1, [&](int64_t begin, int64_t end) {
             tiles<Tile, Value, In, Out>(xp, tokens, width, chunk, indptr.data_ptr<int64_t>(),
                                         indices.data_ptr<int16_t>(), values.data_ptr<Value>(), bias.data_ptr<float>(),
-                                        rows, yp, gelu, begin, end);
+                                        rows, yp, gelu, blocks, per, begin, end);
         });
     };
     if (bf16_in) each(at::BFloat16(), at::BFloat16());
@@ -663,7 +675,7 @@ def _native():
     try:
         from torch.utils.cpp_extension import load_inline
 
-        module = load_inline("lth_sparse_v16", cpp_sources=CPP,
+        module = load_inline("lth_sparse_v17", cpp_sources=CPP,
                              functions=["sparse_linear", "pair_linear", "has_pairs", "attention",
                                         "attention_dtypes"],
                              extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
