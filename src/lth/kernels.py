@@ -4,11 +4,13 @@ Y = X Wᵀ + b for activations X (tokens, in) and a pruned W (out, in) kept in C
 column chunks where the input is wide or the matrix dense (`choose_chunk`). Tokens are taken 64 at a time: the
 tile of X is transposed into a buffer (in x 64), then, chunk by chunk, for every output row each non-zero weight
 adds w · X[:, i] to 64 running sums at once (four AVX-512 registers, fused multiply-adds), and the tile of
-outputs is transposed back into Y. Tiles run in parallel on torch's threads.
-Inputs and outputs may be bf16 (converted while transposing), the products are fp32. Where the CPU has
+outputs is transposed back into Y. Tiles run in parallel on torch's threads (and blocks of output rows too,
+where there are fewer tiles than threads). Inputs and outputs may be bf16 (converted while transposing), the products are fp32. Where the CPU has
 AVX512-BF16 a second layout (`CSR(pairs=True)`) keeps W and the tile in bf16 and multiplies two non-zeros of a row
 per instruction (VDPBF16PS, sums in fp32): what bf16 autocast's matmul computes, in half the bytes; on MiniLM's
 shapes 1.2-2.8x the fp32 layout's speed (measured at 5-50% density).
+
+Also here: attention fused into one pass a head (`fused_attention`), in bf16 with the same instructions and in fp32.
 
 Three implementations, best first: a C++ kernel with AVX-512 (or AVX2) intrinsics, compiled for this machine
 on first use (needs a C++ compiler; cached by torch); the same algorithm in numba (a wheel, no compiler); and
