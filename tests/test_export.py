@@ -178,14 +178,32 @@ def test_the_fast_engine_is_scored_on_the_dev_set_at_export(shipped, capsys):
     assert engine["within_tolerance"] == (abs(engine["moves_points"]) <= TOLERANCE_POINTS + 1e-9)
     moved = {**shipped["result"], "fast_engine": {**engine, "precision": "bf16", "moves_points": -0.49,
                                                    "within_tolerance": False}}
-    assert "moves accuracy by -0.49 points: more than 0.2; for the exported model's outputs load it with " \
-           "lth.load_fast(folder, precision='fp32')" in report(moved, shipped["to"])
+    assert "moves accuracy by -0.49 points: more than 0.2, so lth.load_fast and lth predict/speed run this ticket " \
+           "in fp32 unless told --precision bf16" in report(moved, shipped["to"])
     search = SimpleNamespace(task=SimpleNamespace(forward=lambda *a: None))
     assert fast_engine(search, shipped["to"], exported) is None, "masked-LM: its forward reaches inside the model"
     broken = fast_engine(SimpleNamespace(task=SimpleNamespace()), shipped["root"] / "nowhere", exported)
     assert broken["error"].startswith("LthError: no model at")
     assert "could not run this model: LthError" in report({**shipped["result"], "fast_engine": broken},
                                                           shipped["to"])
+
+
+def test_auto_precision_runs_fp32_where_the_export_measured_bf16_moving_the_metric(shipped, tmp_path):
+    import shutil
+
+    from lth.config import cpu_has_native_bf16
+
+    copy = tmp_path / "ticket"
+    shutil.copytree(shipped["to"], copy)
+    native = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert lth.load_fast(copy).precision == native
+    info = json.loads((copy / "ticket.json").read_text())
+    info["fast_engine"] = {**info["fast_engine"], "precision": "bf16", "moves_points": -0.49,
+                           "within_tolerance": False}
+    (copy / "ticket.json").write_text(json.dumps(info))
+    assert lth.load_fast(copy).precision == "fp32", "measured: bf16 moves the metric too far"
+    assert lth.load_fast(copy, precision="bf16").precision == "bf16", "unless asked for"
+    assert lth.load_fast(copy / "model").precision == "fp32", "its model/ folder too"
 
 
 def test_onnx_logits_match(shipped):

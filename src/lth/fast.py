@@ -251,7 +251,8 @@ def _exact_gelu(act) -> bool:
 def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
     """The trained ticket of an export folder (or any Hugging Face folder with pruned weights) on the fast engine.
 
-    `precision`: 'auto' (bf16 where the CPU has it natively, else fp32), 'bf16' or 'fp32'."""
+    `precision`: 'auto' (bf16 where the CPU has it natively, unless the export measured that bf16 moves the
+    ticket's dev metric by more than the tolerance: fp32 then and elsewhere), 'bf16' or 'fp32'."""
     import transformers
 
     from .models import quiet_transformers
@@ -269,9 +270,20 @@ def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
     except Exception as exc:  # a damaged or foreign folder
         raise LthError(f"could not load the model in {folder} ({type(exc).__name__}); export it again") from None
     if precision == "auto":
-        precision = "bf16" if cpu_has_native_bf16() else "fp32"
+        precision = "bf16" if cpu_has_native_bf16() and _bf16_keeps_the_metric(folder.parent) else "fp32"
     sparsify(model, _pruned_names(folder.parent), bf16=precision == "bf16")
     return FastModel(model, precision)
+
+
+def _bf16_keeps_the_metric(export: Path) -> bool:
+    """False where `lth export` measured the engine in bf16 moving the dev metric past the tolerance (ticket.json's
+    `fast_engine`); True where it did not, or where nothing was measured."""
+    if not (export / "ticket.json").is_file():
+        return True
+    from .files import load_json
+
+    engine = load_json(export / "ticket.json").get("fast_engine") or {}
+    return engine.get("precision") != "bf16" or engine.get("within_tolerance", True)
 
 
 def _pruned_names(export: Path) -> list[str] | None:
