@@ -83,3 +83,11 @@ def test_deepsparse_speed_runs_against_a_stand_in_engine(tmp_path):
     assert [r[1] for r in rows] == ["32x128", "1x128"]
     for row in rows:
         assert float(row[-1]) < 1e-5, "the stand-in runs the dense model's ONNX file: its logits are torch's"
+
+
+def test_own_dense_path_times_the_engine_against_itself_all_dense(tmp_path):
+    out = run_script("own_dense_path.py", "--model", make_tiny(tmp_path / "bert"), "--sparsity", "0.5",
+                     "--batch-size", "4", "--length", "16", "--repeats", "3", "--threads", "1")
+    lines = [line for line in out.splitlines() if "own dense path" in line]
+    assert [line.split(":")[0] for line in lines] == ["4x16", "1x16"]
+
