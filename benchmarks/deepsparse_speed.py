@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from inference_speed import pruned_model  # noqa: E402
 
-from lth.config import cpu_has_native_bf16  # noqa: E402
+from lth.parallel import auto_precision  # noqa: E402
 from lth.fast import FastModel, sparsify  # noqa: E402
 from lth.serving import to_onnx  # noqa: E402
 from lth.speed import inputs  # noqa: E402
@@ -85,7 +85,7 @@ def main() -> None:
                         help="lth's engine: bf16 where native (auto), or fp32, as DeepSparse runs here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    precision = args.precision if args.precision != "auto" else "bf16" if cpu_has_native_bf16() else "fp32"
+    precision = args.precision if args.precision != "auto" else auto_precision(torch.device("cpu"))
     print(f"lth engine in {precision}; DeepSparse in its own process; {args.threads} threads; blocks of "
           f"{args.repeats} calls, {BLOCKS} each, the median block")
     print(f"{'sparsity':>8} {'shape':>8} {'lth ms':>9} {'DeepSparse ms':>14} {'lth speed-up':>13} "

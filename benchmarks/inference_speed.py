@@ -20,7 +20,7 @@ import os
 import torch
 
 from lth import masks
-from lth.config import cpu_has_native_bf16
+from lth.parallel import auto_precision
 from lth.fast import FastModel, sparsify
 from lth.kernels import backend
 from lth.models import load_model, prunable_weights
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    precision = args.precision if args.precision != "auto" else "bf16" if cpu_has_native_bf16() else "fp32"
+    precision = args.precision if args.precision != "auto" else auto_precision(torch.device("cpu"))
     print(f"sparse kernel: {backend()[1]}; lth engine in {precision}; {args.threads} threads; "
           f"median of {args.repeats} interleaved rounds")
     found = {}

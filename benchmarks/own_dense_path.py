@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from inference_speed import pruned_model  # noqa: E402
 
-from lth.config import cpu_has_native_bf16  # noqa: E402
+from lth.parallel import auto_precision  # noqa: E402
 from lth.fast import FastModel, SparseLinear, sparsify  # noqa: E402
 from lth.speed import inputs  # noqa: E402
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    precision = auto_precision(torch.device("cpu"))
     engines = {}
     for name in ("engine", "own dense path"):
         model, names = pruned_model(args.model, args.sparsity)

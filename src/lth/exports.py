@@ -89,11 +89,11 @@ def fast_engine(search: Search, to: Path, exported: dict[str, float]) -> dict | 
     model (masked-LM), which the engine does not wrap."""
     if getattr(search.task, "forward", None) is not None:
         return None
-    from .config import cpu_has_native_bf16
     from .fast import load_fast
+    from .parallel import auto_precision
 
     try:  # the precision 'auto' picks on this CPU before any measurement (an older ticket.json could sway it)
-        engine = load_fast(to, "bf16" if cpu_has_native_bf16() else "fp32")
+        engine = load_fast(to, auto_precision(torch.device("cpu")))
         metrics = search.evaluate(f"fast engine ({engine.precision})", engine)
     except Exception as exc:  # a secondary measurement: the export stands without it, and says why
         return {"error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import cpu_has_native_bf16
 from .errors import LthError
 from .kernels import (ATTENTION_SIZES, CSR, attention_dtypes, backend, fused_attention, pair_kernel,
                       sparse_linear)
+from .parallel import auto_precision
 from .train import autocast
 
 DENSE_ABOVE = 0.8  # a matrix keeping more than this is never worth a sparse kernel
@@ -159,8 +159,8 @@ class _LeanForward:
         self.fused = attention_dtypes() if size in ATTENTION_SIZES else set()  # the dtypes the kernel takes
 
     def __call__(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
-        layer, batch, tokens, width = self.layer, *hidden_states.shape
-        att, out, ffn = layer.attention.self, layer.attention.output, layer.output
+        batch, tokens, width = hidden_states.shape
+        att = self.layer.attention.self
         heads, size = att.num_attention_heads, att.attention_head_size
         if hasattr(att, "qkv"):
             qkv = att.qkv(hidden_states)
@@ -270,7 +270,8 @@ def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
     except Exception as exc:  # a damaged or foreign folder
         raise LthError(f"could not load the model in {folder} ({type(exc).__name__}); export it again") from None
     if precision == "auto":
-        precision = "bf16" if cpu_has_native_bf16() and _bf16_keeps_the_metric(folder.parent) else "fp32"
+        native = auto_precision(torch.device("cpu"))
+        precision = native if native == "fp32" or _bf16_keeps_the_metric(folder.parent) else "fp32"
     sparsify(model, _pruned_names(folder.parent), bf16=precision == "bf16")
     return FastModel(model, precision)
 
