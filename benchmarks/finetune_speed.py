@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lth import masks
-from lth.config import cpu_has_native_bf16
-from lth.models import load_tokenizer, prunable_weights
+from lth.core import masks
+from lth.core.devices import cpu_has_native_bf16
+from lth.core.models import load_tokenizer, prunable_weights
 from lth.tasks.classify import ClassificationTask
 from lth.tasks.glue import load_glue
-from lth.train import Recipe, finetune, predict
+from lth.search.evaluate import predict
+from lth.search.train import Recipe, finetune
 
 PIPELINES = ("lth", "trainer", "pad128", "trainer-eager")
 DEFAULT_PIPELINES = "lth,trainer,pad128"

@@ -19,13 +19,14 @@ import os
 
 import torch
 
-from lth import masks
-from lth.parallel import auto_precision
-from lth.fast import FastModel, sparsify
-from lth.kernels import backend
-from lth.models import load_model, prunable_weights
-from lth.pruning import prune
-from lth.speed import compare, table
+from lth.core import masks
+from lth.core.devices import auto_precision
+from lth.engine.engine import FastModel
+from lth.engine.sparse import sparsify
+from lth.engine.kernels import backend
+from lth.core.models import load_model, prunable_weights
+from lth.core.pruning import prune
+from lth.engine.bench import compare, table
 
 
 def pruned_model(name: str, sparsity: float):

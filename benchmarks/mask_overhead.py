@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from lth import masks
-from lth.config import cpu_has_native_bf16
-from lth.models import load_model, prunable_weights
-from lth.pruning import prune
-from lth.parallel import Ranks
-from lth.train import Recipe, _Loss, _multiply_, _optimizer, _step, mask_factors, model_forward
+from lth.core import masks
+from lth.core.devices import cpu_has_native_bf16
+from lth.core.models import load_model, prunable_weights
+from lth.core.pruning import prune
+from lth.core.devices import Ranks
+from lth.search.train import Recipe, _Loss, _multiply_, _optimizer, _step, mask_factors, model_forward
 
 
 def setup(name: str, sparsity: float | None, recipe: Recipe) -> dict:

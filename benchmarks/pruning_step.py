@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from lth import masks
-from lth.pruning import prune
+from lth.core import masks
+from lth.core.pruning import prune
 
 HIDDEN, FFN = 768, 3072  # BERT-base
 STEPS = {"dense -> 20%": (0.0, 0.2), "60% -> 68%": (0.6, 0.68)}
@@ -80,7 +80,7 @@ def measure(weights: dict[str, torch.Tensor], repeats: int) -> dict:
 def child(args) -> None:
     torch.set_num_threads(args.threads)
     if args.child == "model":
-        from lth.models import load_model, prunable_weights
+        from lth.core.models import load_model, prunable_weights
 
         weights = {n: w.detach() for n, w in prunable_weights(load_model(args.model, "classification", seed=0)).items()}
     else:

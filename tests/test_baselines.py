@@ -1,12 +1,12 @@
 import pytest
 import torch
+from lth.core.baselines import oneshot_mask, random_mask, reinitialize_
+from lth.core.errors import LthError
+from lth.core.models import load_model, prunable_weights
+from lth.core.pruning import prune
 from tiny import make_tiny
 
-from lth import masks
-from lth.baselines import oneshot_mask, random_mask, reinitialize_
-from lth.errors import LthError
-from lth.models import load_model, prunable_weights
-from lth.pruning import prune
+from lth.core import masks
 
 
 def weights(seed=0):

@@ -1,6 +1,5 @@
 import torch
-
-from lth.batches import collate, evaluation_order, training_order
+from lth.core.batches import collate, evaluation_order, training_order
 
 
 def test_collate_pads_each_key_with_its_own_value_and_drops_bookkeeping():

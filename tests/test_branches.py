@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from lth.run.settings import find_settings, parse_levels
+from lth.core.pruning import prune
+from lth.run.layout import branch_dir
+from lth.run.records import collect_results
+from lth.search.queue import Claim
 from safetensors.torch import load_file
+from tiny import make_tiny, toy_task
 
 import lth
-from lth import masks
+from lth.core import masks
 from lth.cli import main
-from lth.config import find_settings, parse_levels
-from lth.pruning import prune
-from lth.runs import Claim, branch_dir, collect_results
-
-from tiny import make_tiny, toy_task
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 epochs at 3e-3 is where the toy task's results differ between seeds and baselines (some runs learn it,
@@ -91,7 +92,7 @@ def test_each_baseline_trains_the_mask_it_claims(reference):
 
 def test_interrupted_then_resumed_equals_uninterrupted_and_retrains_nothing_finished(toy, reference, tmp_path,
                                                                                        monkeypatch):
-    import lth.search as imp
+    import lth.search.search as imp
 
     real, calls = imp.finetune, []
 
@@ -196,7 +197,7 @@ def test_a_claim_is_exclusive_and_dies_with_its_process(tmp_path):
     assert second.acquire() and first.held_elsewhere()
     second.release()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                               "from lth.runs import Claim; c = Claim(sys.argv[2]); c.acquire(); print('held', flush=True); "
+                               "from lth.search.queue import Claim; c = Claim(sys.argv[2]); c.acquire(); print('held', flush=True); "
                                "time.sleep(60)", str(REPO / "src"), str(tmp_path)],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

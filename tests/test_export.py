@@ -11,15 +11,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from lth.core.tensors import load_into
+from lth.artifacts.compact import load_compact
+from lth.artifacts.ticket import entropy_bytes, load_ticket, pack, unpack
+from tiny import make_tiny, toy_task
 from transformers import AutoModelForSequenceClassification
 
 import lth
-from lth import masks
+from lth.core import masks
 from lth.cli import main
-from lth.files import load_into
-from lth.tickets import entropy_bytes, load_compact, load_ticket, pack, unpack
-
-from tiny import make_tiny, toy_task
 
 RECIPE = dict(epochs=6, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, max_sparsity=0.8, precision="fp32",
               threads=1)
@@ -166,8 +166,9 @@ def test_fp16_compact_is_half_and_its_metrics_are_measured(shipped, tmp_path):
 
 
 def test_the_fast_engine_is_scored_on_the_dev_set_at_export(shipped, capsys):
-    from lth.config import cpu_has_native_bf16
-    from lth.exports import TOLERANCE_POINTS, fast_engine, report
+    from lth.core.devices import cpu_has_native_bf16
+    from lth.artifacts.sizes import export_report
+    from lth.search.export import TOLERANCE_POINTS, fast_engine
 
     engine = shipped["result"]["fast_engine"]
     precision = "bf16" if cpu_has_native_bf16() else "fp32"
@@ -179,19 +180,19 @@ def test_the_fast_engine_is_scored_on_the_dev_set_at_export(shipped, capsys):
     moved = {**shipped["result"], "fast_engine": {**engine, "precision": "bf16", "moves_points": -0.49,
                                                    "within_tolerance": False}}
     assert "moves accuracy by -0.49 points: more than 0.2, so lth.load_fast and lth predict/speed run this ticket " \
-           "in fp32 unless told --precision bf16" in report(moved, shipped["to"])
+           "in fp32 unless told --precision bf16" in export_report(moved, shipped["to"], TOLERANCE_POINTS)
     search = SimpleNamespace(task=SimpleNamespace(forward=lambda *a: None))
     assert fast_engine(search, shipped["to"], exported) is None, "masked-LM: its forward reaches inside the model"
-    broken = fast_engine(SimpleNamespace(task=SimpleNamespace()), shipped["root"] / "nowhere", exported)
+    broken = fast_engine(SimpleNamespace(task=SimpleNamespace(forward=None)), shipped["root"] / "nowhere", exported)
     assert broken["error"].startswith("LthError: no model at")
-    assert "could not run this model: LthError" in report({**shipped["result"], "fast_engine": broken},
-                                                          shipped["to"])
+    assert "could not run this model: LthError" in export_report({**shipped["result"], "fast_engine": broken},
+                                                                 shipped["to"], TOLERANCE_POINTS)
 
 
 def test_auto_precision_runs_fp32_where_the_export_measured_bf16_moving_the_metric(shipped, tmp_path):
     import shutil
 
-    from lth.config import cpu_has_native_bf16
+    from lth.core.devices import cpu_has_native_bf16
 
     copy = tmp_path / "ticket"
     shutil.copytree(shipped["to"], copy)

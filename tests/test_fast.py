@@ -9,15 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lth.core.devices import cpu_has_native_bf16
+from lth.engine.layers import _Masks, lean_layers
+from lth.engine.sparse import SparseLinear, sparsify
+from lth.engine.kernels import (
+    CSR,
+    _numba,
+    attention_dtypes,
+    backend,
+    choose_chunk,
+    fused_attention,
+    pair_kernel,
+    sparse_linear,
+)
+from tiny import make_tiny, toy_task
 
 import lth
 from lth.cli import main
-from lth.fast import SparseLinear, _Masks, lean_layers, sparsify
-from lth.config import cpu_has_native_bf16
-from lth.kernels import (CSR, _numba, attention_dtypes, backend, choose_chunk, fused_attention, pair_kernel,
-                         sparse_linear)
-
-from tiny import make_tiny, toy_task
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = [(1, 16, 16), (63, 40, 24), (64, 384, 384), (130, 20, 37), (200, 96, 48)]  # tokens, out, in
@@ -142,11 +150,11 @@ def test_the_pair_layout_packs_two_bf16_weights_a_word_and_pads_odd_rows():
 
 
 def test_without_the_pair_kernel_bf16_layers_use_the_fp32_layout(monkeypatch):
-    import lth.fast
-    import lth.kernels
+    import lth.engine.sparse
+    import lth.engine.kernels
 
-    monkeypatch.setattr(lth.kernels, "pair_kernel", lambda: False)
-    monkeypatch.setattr(lth.fast, "pair_kernel", lambda: False)
+    monkeypatch.setattr(lth.engine.kernels, "pair_kernel", lambda: False)
+    monkeypatch.setattr(lth.engine.sparse, "pair_kernel", lambda: False)
     with pytest.raises(RuntimeError, match="AVX512-BF16"):
         sparse_linear(torch.randn(2, 4), CSR(torch.eye(4), pairs=True))
     linear = torch.nn.Linear(16, 8)
@@ -296,9 +304,8 @@ def test_fused_attention_refuses_what_it_cannot_do():
 
 @needs_pairs
 def test_layers_with_fused_attention_follow_the_fp32_model(tmp_path):
+    from lth.core.devices import autocast
     from transformers import AutoModel
-
-    from lth.train import autocast
 
     model = AutoModel.from_pretrained(make_tiny(tmp_path / "bert", hidden=64, dropout=0.0),
                                       attn_implementation="eager").eval()
@@ -407,7 +414,7 @@ def test_sparsify_fuses_gelu_into_the_ffn_in(shipped):
 
 
 def test_without_the_native_kernel_the_engine_says_so_and_still_computes():
-    script = ("import torch; from lth.kernels import backend, sparse_linear, CSR; print(backend()); "
+    script = ("import torch; from lth.engine.kernels import backend, sparse_linear, CSR; print(backend()); "
               "w = torch.randn(8, 16) * (torch.rand(8, 16) < 0.3); x = torch.randn(5, 16); "
               "print(torch.allclose(sparse_linear(x, CSR(w)), x @ w.T, atol=1e-5))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

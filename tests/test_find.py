@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import make_tiny, toy_task
 
 import lth
-from lth import masks
+from lth.core import masks
 from lth.cli import main
-
-from tiny import make_tiny, toy_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +52,7 @@ def test_rerun_resumes_without_training_and_extends(toy, tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a finished level was trained again")
 
-    monkeypatch.setattr("lth.search.finetune", no_training)
+    monkeypatch.setattr("lth.search.search.finetune", no_training)
     again = lth.find(**settings(toy, tmp_path))
     assert again["levels"] == first["levels"] and again["run"] == first["run"]
     monkeypatch.undo()
@@ -77,7 +76,7 @@ def test_same_command_twice_gives_same_masks_and_other_settings_another_run(toy,
 
 KILL_AFTER_SECOND_CHECKPOINT_OF_LEVEL_1 = """
 import os, signal, sys
-import lth.train as train
+import lth.search.train as train
 from lth.cli import main
 original, saves = train.save_checkpoint, []
 def save_then_die(obj, path):
@@ -183,7 +182,7 @@ def test_help_explains_every_flag(capsys):
 
 def test_a_matrix_pruned_away_is_reported(toy, tmp_path, capsys, monkeypatch):
     # Shrink one matrix of the rewind point so that global magnitude pruning removes all of it.
-    from lth import search as imp
+    import lth.search.search as imp
 
     original = imp._restore_or_save
 

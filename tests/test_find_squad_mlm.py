@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from lth.core.models import load_model, prunable_weights
+from tiny import NEGATIVE, NEUTRAL, POSITIVE, make_tiny
 
 import lth
-from lth import masks
-from lth.models import load_model, prunable_weights
-
-from tiny import NEGATIVE, NEUTRAL, POSITIVE, make_tiny
+from lth.core import masks
 
 WORDS = POSITIVE + NEGATIVE + NEUTRAL
 

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from lth.run.settings import RANGES, FindSettings
+from lth.core.files import atomic_path, sweep
+from lth.core.tensors import load_tensors
+from lth.core.pruning import prune
+from tiny import make_tiny, toy_task, write_csv
 
 import lth
-from lth import masks
+from lth.core import masks
 from lth.cli import main
-from lth.config import RANGES, FindSettings
-from lth.files import atomic_path, load_tensors, sweep
-from lth.pruning import prune
-
-from tiny import make_tiny, toy_task, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"}
@@ -125,7 +125,7 @@ def test_verdict_reports_a_damaged_mask_of_a_finished_run(reference, tmp_path, c
 
 
 def test_a_damaged_checkpoint_is_discarded_and_the_unit_starts_over(toy, reference, tmp_path, monkeypatch, capsys):
-    import lth.search as imp
+    import lth.search.search as imp
 
     real = imp.finetune
 
@@ -160,15 +160,15 @@ def test_a_damaged_model_file_is_one_line(toy, tmp_path, capsys):
 
 KILLED_WHILE_WRITING_A_CHECKPOINT = """
 import os, signal, sys
-import lth.files as files
+import lth.core.tensors as tensors
 from lth.cli import main
-real = files.torch.save
+real = tensors.torch.save
 def write_half_then_die(obj, path):
     real(obj, path)
     if ".checkpoint.pt." in str(path):
         os.truncate(path, os.path.getsize(path) // 2)
         os.kill(os.getpid(), signal.SIGKILL)  # mid-write, no cleanup: a power cut
-files.torch.save = write_half_then_die
+tensors.torch.save = write_half_then_die
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -187,7 +187,7 @@ def test_kill_during_a_checkpoint_write_leaves_nothing_after_the_rerun(toy, refe
 
 HOLD_A_TEMPORARY_FILE = """
 import sys, time
-from lth.files import atomic_path
+from lth.core.files import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_text("half")
     print(tmp, flush=True)
@@ -216,10 +216,11 @@ def test_a_diverging_run_stops_with_a_clear_error_and_saves_no_level(toy, tmp_pa
 
 
 def test_non_finite_weights_after_the_last_step_are_refused(tmp_path):
-    from lth.models import load_model, load_tokenizer, prunable_weights
+    from lth.core.models import load_model, load_tokenizer, prunable_weights
+    from lth.search.train import Diverged, Recipe, finetune
+
     from lth.tasks.classify import encode
     from lth.tasks.examples import Examples
-    from lth.train import Diverged, Recipe, finetune
 
     path = make_tiny(tmp_path / "m")
     model = load_model(path, "classification", seed=1, num_labels=2)
@@ -326,7 +327,7 @@ def test_a_read_only_run_folder_is_one_line(toy, reference, tmp_path, capsys, mo
     if os.geteuid() == 0:  # root writes anywhere: make the writes fail as the kernel would
         def refuse(*a, dir=None, **k):
             raise PermissionError(errno.EACCES, "Permission denied", dir)
-        monkeypatch.setattr("lth.files.tempfile.mkstemp", refuse)
+        monkeypatch.setattr("lth.core.files.tempfile.mkstemp", refuse)
     else:
         for folder in [run, *run.rglob("*")]:
             if folder.is_dir():
@@ -403,7 +404,7 @@ def test_files_honour_the_umask(tmp_path, umask, mode):
 
 SAVE_A_MASK = """
 import sys, torch
-from lth import masks
+from lth.core import masks
 g = torch.Generator().manual_seed(0)
 masks.save({n: torch.rand(8, 8, generator=g) > 0.5 for n in "zyxab"}, sys.argv[1],
            {"level": 3, "model": "m", "strategy": "global", "kind": "standard"})
@@ -419,7 +420,8 @@ def test_equal_masks_have_equal_bytes_across_processes(tmp_path):
 
 
 def test_a_collapsed_model_never_wins():
-    from lth.verdict import format_verdict_table, verdict
+    from lth.report.tables import verdict_table as format_verdict_table
+    from lth.run.verdict import verdict
 
     table = {"full": [{"pearson": 0.01}, {"pearson": 0.03}],
              "levels": {"0.5": {"imp": [{"pearson": None}, {"pearson": 0.9}], "random-prune": [{"pearson": 0.02}]}}}

@@ -3,8 +3,7 @@ import math
 
 import numpy as np
 import pytest
-
-from lth.metrics import METRICS, score_classification
+from lth.core.metrics import METRICS, score_classification
 
 PRED = np.array([1, 1, 0, 0, 1])
 GOLD = np.array([1, 0, 0, 1, 1])
@@ -53,7 +52,7 @@ def test_spearman_is_pearson_of_hand_ranks():
 
 
 def test_correlations_of_constant_predictions_are_undefined_and_say_so():
-    from lth.metrics import undefined_note
+    from lth.core.metrics import undefined_note
 
     assert METRICS["pearson"](np.ones(4), np.arange(4.0)) is None
     assert METRICS["spearman"](np.arange(4.0), np.ones(4)) is None

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 import lth
-from lth import masks
+from lth.core import masks
 
 
 def test_minilm_on_real_rte_slice_prunes_and_evaluates(shared_data, tmp_path):
@@ -17,7 +17,7 @@ def test_minilm_on_real_rte_slice_prunes_and_evaluates(shared_data, tmp_path):
 
 
 def test_demo_preset_fills_only_what_is_not_given(tmp_path):
-    from lth.config import DEMO, find_settings
+    from lth.run.settings import DEMO, find_settings
 
     s = find_settings(runs_dir=str(tmp_path), epochs=2.0)
     assert (s.task, s.model, s.schedule, s.rate) == (DEMO["task"], "minilm", DEMO["schedule"], DEMO["rate"])

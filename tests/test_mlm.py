@@ -4,14 +4,22 @@ import shutil
 
 import pytest
 import torch
-
-from lth.errors import LthError
-from lth.models import load_model, load_tokenizer, prunable_weights, resolve_model
-from lth.tasks.mlm import (IGNORE, MaskedLMTask, attach_mlm_head, fixed_eval_masking, mask_tokens,
-                           masked_positions_forward, mlm_metrics, pack_blocks, read_text,
-                           text_lines)
-
+from lth.core.errors import LthError
+from lth.core.models import load_model, load_tokenizer, prunable_weights, resolve_model
 from tiny import make_tiny, sentiment_rows, write_tokenizer
+
+from lth.tasks.mlm import (
+    IGNORE,
+    MaskedLMTask,
+    attach_mlm_head,
+    fixed_eval_masking,
+    mask_tokens,
+    masked_positions_forward,
+    mlm_metrics,
+    pack_blocks,
+    read_text,
+    text_lines,
+)
 
 MASK, VOCAB = 4, 1000
 

@@ -1,9 +1,7 @@
 import pytest
 import torch
-
-from lth.errors import LthError
-from lth.models import load_model, prunable_weights, resolve_model
-
+from lth.core.errors import LthError
+from lth.core.models import load_model, prunable_weights, resolve_model
 from tiny import make_tiny
 
 # Per layer: Q, K, V, attention output, FFN in, FFN out (+ BERT's pooler; ELECTRA's embedding projection

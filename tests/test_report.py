@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import lth
-from lth import figures
-from lth.cli import main
-from lth.reporting import report
-from lth.tickets import density_map
-
+from lth.report.html import report
+from lth.core.masks import density_map
 from test_find_squad_mlm import squad_file, text_file
 from tiny import make_tiny, toy_task
+
+import lth
+from lth.report import figures
+from lth.cli import main
 
 RECIPE = dict(epochs=6, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, max_sparsity=0.8, precision="fp32",
               threads=1)
@@ -98,7 +97,7 @@ def test_figures_reflect_their_data(runs):
 
 
 def test_an_unfinished_run_and_a_run_without_seeds_render(runs, tmp_path, monkeypatch):
-    import lth.search as search
+    import lth.search.search as search
 
     real = search.finetune
 

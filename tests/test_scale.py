@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import make_tiny, toy_task
 
 import lth
-from lth import masks
+from lth.core import masks
 from lth.cli import main
-
-from tiny import make_tiny, toy_task
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -26,7 +25,7 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
 SPY = '''
 import contextlib, hashlib, json, os
 if os.environ.get("LTH_TEST_LOG"):
-    import lth.files as files, lth.search as search
+    import lth.core.files as files, lth.core.tensors as tensors, lth.search.search as search
     rank, log = os.environ.get("RANK", "0"), os.environ["LTH_TEST_LOG"]
     def note(**entry):
         with open(log, "a") as f:
@@ -43,7 +42,8 @@ if os.environ.get("LTH_TEST_LOG"):
         weights = b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())
         note(unit=kw["desc"], weights=hashlib.sha256(weights).hexdigest())
         return losses
-    files.atomic_path, search.finetune = spied, finetuned
+    files.atomic_path = tensors.atomic_path = spied  # JSON records, and tensor files and checkpoints
+    search.finetune = finetuned
 '''
 
 
@@ -176,7 +176,7 @@ def test_gradient_accumulation_equals_the_whole_batch(toy, tmp_path):
 
 
 def test_a_run_moves_between_device_settings_and_resumes(toy, tmp_path, monkeypatch):
-    import lth.search as search
+    import lth.search.search as search
 
     real = search.finetune
 
@@ -215,7 +215,7 @@ def test_a_file_system_without_locks_is_one_line(toy, tmp_path, capsys, monkeypa
     def no_locks(*a):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr("lth.runs.fcntl.flock", no_locks)
+    monkeypatch.setattr("lth.search.queue.fcntl.flock", no_locks)
     assert main(flags(toy, tmp_path)) == 2
     assert "does not support file locks (No locks available)" in capsys.readouterr().err
 

@@ -3,11 +3,11 @@ import json
 
 import numpy as np
 import pytest
-
-from lth.errors import LthError
-from lth.tasks.squad import (eval_features, exact_match, f1, load_squad, normalize_answer, postprocess,
-                             split_articles, squad_scores, train_features)
+from lth.core.errors import LthError
 from tiny import write_tokenizer
+
+from lth.tasks.squad import eval_features, load_squad, split_articles, train_features
+from lth.tasks.squadeval import exact_match, f1, normalize_answer, postprocess, squad_scores
 
 LOW = -10.0
 HIGH = 10.0

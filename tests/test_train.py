@@ -1,19 +1,17 @@
 import numpy as np
 import pytest
 import torch
+from lth.core.tensors import save_model
+from lth.core.models import load_model, load_tokenizer, prunable_weights
+from lth.core.pruning import prune
+from lth.search.evaluate import predict as predict_rows
+from lth.search.train import Recipe, finetune
+from tiny import make_tiny, sentiment_rows
 
-from lth import masks
-from lth.files import save_model
-from lth.search import rewind
-from lth.models import load_model, load_tokenizer, prunable_weights
-from lth.pruning import prune
+from lth.core import masks
+from lth.search.search import rewind
 from lth.tasks.classify import encode
 from lth.tasks.examples import Examples
-from lth.train import Recipe, finetune
-from lth.train import predict as predict_rows
-
-
-from tiny import make_tiny, sentiment_rows
 
 
 def predict(*args):

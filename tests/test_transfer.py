@@ -6,18 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import lth
-from lth import masks
-from lth.cli import main
-from lth.files import load_into
-from lth.models import load_model, load_tokenizer, prunable_weights
-from lth.tasks.classify import encode
-from lth.tasks.text import load_text_files
-from lth.train import Recipe, finetune, predict
-
+from lth.core.tensors import load_into
+from lth.core.models import load_model, load_tokenizer, prunable_weights
+from lth.search.evaluate import predict
+from lth.search.train import Recipe, finetune
 from test_find_squad_mlm import squad_file, text_file
 from tiny import make_tiny, sentiment_rows, toy_task, write_csv
+
+import lth
+from lth.core import masks
+from lth.cli import main
+from lth.tasks.classify import encode
+from lth.tasks.text import load_text_files
 
 RECIPE = dict(epochs=3, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, max_sparsity=0.8, precision="fp32",
               threads=1)
@@ -44,7 +44,7 @@ def target_flags(world, **kw) -> dict:
 
 
 def test_a_transfer_equals_training_the_mask_by_hand(world, monkeypatch):
-    import lth.search as search
+    import lth.search.search as search
 
     optimizers, checked = [], []
     real_step, real_finetune = torch.optim.AdamW.step, search.finetune
@@ -135,7 +135,7 @@ def test_the_mlm_ticket_applies_to_regression_and_squad_heads(world, tmp_path):
 
 
 def test_an_interrupted_transfer_resumes_to_the_same_result(world, tmp_path, monkeypatch):
-    import lth.search as search
+    import lth.search.search as search
 
     flags = {**target_flags(world), "runs_dir": str(tmp_path / "a")}
     straight = lth.transfer(str(world["mlm"]), task=world["train"], level=2, **flags)

@@ -1,10 +1,9 @@
 import json
 
 import pytest
-
-from lth.errors import LthError
-from lth.verdict import (SINGLE_SEED_NOTE, format_verdict_table, lower_is_better, summarize, verdict,
-                         winning_sparsity)
+from lth.core.errors import LthError
+from lth.report.tables import verdict_table as format_verdict_table
+from lth.run.verdict import SINGLE_SEED_NOTE, lower_is_better, summarize, verdict, winning_sparsity
 
 
 def runs(metric, *values):

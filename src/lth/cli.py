@@ -1,4 +1,7 @@
-"""The `lth` command: subcommands over the Python API, one clear line for every bad input."""
+"""The `lth` command: subcommands over the Python API, one clear line for every bad input.
+
+Each command imports what it runs when it runs (the report needs matplotlib, speed the kernels...), so `lth --help`
+and a mistyped flag answer without loading them."""
 from __future__ import annotations
 
 import argparse
@@ -6,9 +9,10 @@ import errno
 import os
 import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 
-from .config import FindSettings, find_settings
-from .errors import LthError, short_reason
+from .core.errors import LthError, short_reason
+from .run.settings import FindSettings, find_settings
 
 
 def _flag_type(annotation: str):
@@ -127,14 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_find(args) -> None:
-    from .search import find
+    from .search.find import find
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "unit", "list_units")}
     find(find_settings(**given), unit=args.unit, list_units=args.list_units)
 
 
 def cmd_transfer(args) -> None:
-    from .transfers import transfer
+    from .search.transfer import transfer
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "sources", "task", "level", "sparsity",
                                                              "json_path")}
@@ -142,7 +146,7 @@ def cmd_transfer(args) -> None:
 
 
 def cmd_prunable(args) -> None:
-    from .models import load_model, prunable_weights
+    from .core.models import load_model, prunable_weights
 
     model = load_model(args.model, "classification", seed=0, num_labels=2)
     weights = prunable_weights(model, args.include or [], args.exclude or [])
@@ -155,17 +159,13 @@ def cmd_prunable(args) -> None:
 
 
 def cmd_verdict(args) -> None:
-    from pathlib import Path
-
-    from .files import DamagedFile, load_json
-    from .runs import check_run, collect_results, judged_on_disk
-    from .verdict import format_verdict_table
+    from .core.files import DamagedFile
+    from .report.tables import verdict_table
+    from .run.records import check_run
+    from .run.summary import read_results, read_settings
 
     run = Path(args.run)
-    if not (run / "settings.json").is_file():
-        raise LthError(f"{run} is not a run directory (it has no settings.json); give a folder that lth find "
-                       "printed as 'run directory', e.g. runs/mrpc-minilm-1a2b3c4d5e")
-    info = load_json(run / "settings.json", {"settings": dict})
+    info = read_settings(run)
     if "primary" not in info:
         raise LthError(f"{run} was made by an older lth that did not record the task's metrics; run the same "
                        "lth find command again (nothing finished is retrained) and then lth verdict")
@@ -178,32 +178,29 @@ def cmd_verdict(args) -> None:
         if damage.path.name == "metrics.json":
             raise
         print(f"lth: warning: {damage}", file=sys.stderr)
-    judged = sorted(set(info.get("judged_levels") or []) | judged_on_disk(run))
-    results = collect_results(run, info["settings"]["seed"], judged)
-    print(format_verdict_table(results, info["metrics"], metric))
+    found = read_results(run, info["metrics"], info["primary"], info["settings"]["seed"], info.get("judged_levels") or [])
+    print(verdict_table(found.table, info["metrics"], metric))
 
 
 def cmd_export(args) -> None:
-    from .exports import export
+    from .search.export import export
 
     export(args.run, args.to, args.level, args.sparsity, args.fp16, args.onnx, args.threads)
 
 
 def cmd_inspect(args) -> None:
-    from .inspection import inspect
+    from .artifacts.inspect import inspect
 
     print(inspect(args.path))
 
 
 def cmd_speed(args) -> None:
-    import os
-
     import torch
 
-    from .exports import reload_hf
-    from .fast import load_fast
-    from .kernels import backend
-    from .speed import compare, table
+    from .artifacts.hf import reload_hf
+    from .engine.bench import compare, table
+    from .engine.engine import load_fast
+    from .engine.kernels import backend
 
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -214,7 +211,7 @@ def cmd_speed(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .fast import predict_file
+    from .engine.predict import predict_file
 
     rows = predict_file(args.export, args.input, args.output, args.text_column, args.text_pair_column,
                         args.batch_size, args.precision)
@@ -222,7 +219,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .reporting import report
+    from .report.html import report
 
     print(f"report written to {report(args.runs, args.to)}")
 

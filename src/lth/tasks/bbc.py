@@ -6,7 +6,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from ..errors import LthError
+from ..core.errors import LthError
 from .examples import ClassificationData, Examples
 
 TRAIN_FRACTION = 0.8

@@ -3,15 +3,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..files import fingerprint
-from ..metrics import score_classification
-from ..models import load_model
-from ..train import logits_rows
+from ..core.fingerprints import fingerprint
+from ..core.metrics import score_classification
+from ..core.models import load_model
+from .base import Task
 from .examples import ClassificationData, Examples
 
 
-class ClassificationTask:
-    """What the trunk needs from a task: a head, features to train and evaluate on, and a score."""
+def logits_rows(batch: dict, output) -> list[np.ndarray]:
+    """Classification: one row of logits per example."""
+    return list(output.logits.float().numpy())
+
+
+class ClassificationTask(Task):
+    """Sentence(-pair) classification or regression on a GLUE task, the demo or the user's own files."""
+
+    head = "classification"
 
     def __init__(self, data: ClassificationData):
         self.data = data
@@ -37,6 +44,10 @@ class ClassificationTask:
     @property
     def notes(self) -> list[str]:
         return self.data.notes
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.data.label_names
 
     def fingerprint(self) -> str:
         """The content of every example and label: a run continues only on the data it began with."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LthError, short_reason
+from ..core.datafiles import read_table
+from ..core.errors import LthError, short_reason
 from .examples import ClassificationData, Examples
-from .text import read_table
 
 GLUE_HINT = "the file is not in the GLUE TSV layout (was it saved with quoting or edited?)"
 BINARY = ("0", "1")

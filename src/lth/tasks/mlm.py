@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import LthError, short_reason
-from ..files import fingerprint
-from ..models import load_model, resolve_model
-from .text import _existing, _field, _records, is_data_file
+from ..core.datafiles import existing, field, is_data_file, records
+from ..core.errors import LthError, short_reason
+from ..core.fingerprints import fingerprint
+from ..core.models import load_model, resolve_model
+from .base import Task
 
 IGNORE = -100  # the label cross-entropy skips: positions that were not chosen for prediction
 
@@ -36,8 +37,8 @@ def text_lines(source: str, text_column: str = "text", split: str = "train") -> 
     """MLM text from a raw text file (one paragraph a line), the `text_column` of a .csv/.tsv/.jsonl/.json
     file, or the `text_column` of a hub dataset given as 'name' or 'name:config' (`split` picks its split)."""
     if is_data_file(source):
-        records = _records(_existing(source))
-        return _nonempty([_field(r, text_column, "--text-column", where) for where, r in records], source)
+        rows = records(existing(source))
+        return _nonempty([field(r, text_column, "--text-column", where) for where, r in rows], source)
     if is_hub_dataset(source):
         return _nonempty(_hub_text(source, text_column, split), f"{source} ({split})")
     return read_text(source)
@@ -226,12 +227,13 @@ def _lm_head(model: nn.Module) -> nn.Module | None:
     return heads[0] if len(heads) == 1 else None
 
 
-class MaskedLMTask:
+class MaskedLMTask(Task):
     """Masked-LM for the trunk: packed blocks, BERT masking drawn afresh every step, fixed masking to evaluate."""
 
     metric_names = ["masked_accuracy", "loss", "perplexity"]
     primary = "masked_accuracy"
     name = "mlm"
+    head = "masked-LM"
 
     def __init__(self, data: str, eval: str | None, seed: int, train_limit: int | None = None,
                  eval_limit: int | None = None, text_column: str = "text"):

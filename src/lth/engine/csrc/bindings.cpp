@@ -1,0 +1,11 @@
+// The Python module: torch.utils.cpp_extension builds it under a name keyed by the CPU (engine/build.py).
+#include <torch/extension.h>
+#include "kernels.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.def("sparse_linear", &sparse_linear, "y = x Wᵀ + b from a CSR layout in fp32");
+    m.def("pair_linear", &pair_linear, "y = x Wᵀ + b from the bf16 pair layout");
+    m.def("has_pairs", &has_pairs, "whether the bf16 pair kernel is built");
+    m.def("attention", &attention, "fused attention over a Q|K|V projection");
+    m.def("attention_dtypes", &attention_dtypes, "the dtypes the fused attention is built for");
+}

@@ -1,0 +1,12 @@
+// What the extension exports to Python (bindings.cpp): the sparse x dense products and the fused attention.
+#pragma once
+#include <torch/extension.h>
+#include <string>
+
+torch::Tensor sparse_linear(torch::Tensor x, int64_t chunk, torch::Tensor indptr, torch::Tensor indices,
+                            torch::Tensor values, torch::Tensor bias, bool gelu, bool bf16_out);
+torch::Tensor pair_linear(torch::Tensor x, int64_t chunk, torch::Tensor indptr, torch::Tensor indices,
+                          torch::Tensor values, torch::Tensor bias, bool gelu, bool bf16_out);
+bool has_pairs();
+torch::Tensor attention(torch::Tensor qkv, torch::Tensor mask, int64_t heads, double scale);
+std::string attention_dtypes();

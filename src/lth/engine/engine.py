@@ -1,0 +1,87 @@
+"""The fast engine: a trained ticket whose pruned linear layers run sparse kernels where that is faster.
+
+`load_fast(folder)` returns an nn.Module with the Hugging Face forward. Pruned linear layers choose between the
+sparse kernel and the dense matmul by timing both (`sparse.py`); the rest of the model (attention, softmax,
+LayerNorm, GELU) runs in bf16 autocast where the CPU computes bf16 natively, and BERT-style layers run a lean
+forward with fewer ops (`layers.py`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+
+from ..artifacts.ticket import read_meta
+from ..core.devices import auto_precision, autocast
+from ..core.errors import LthError
+from ..core.files import load_json
+from ..core.models import quiet_transformers
+from .layers import lean_layers
+from .sparse import SparseLinear, sparsify
+
+
+class FastModel(nn.Module):
+    """The model with its pruned layers swapped; calls run without gradients, in bf16 autocast where native.
+
+    BERT-style encoder layers also get a lean forward (`lean_layers`)."""
+
+    def __init__(self, model: nn.Module, precision: str):
+        super().__init__()
+        self.model, self.precision = model.eval(), precision
+        self.config = model.config
+        self.lean = lean_layers(model)
+
+    def forward(self, **inputs):
+        with torch.inference_mode(), autocast(torch.device("cpu"), self.precision):
+            return self.model(**inputs)
+
+    def train(self, mode: bool = True) -> "FastModel":
+        """Always in evaluation: an engine for inference (callers that switch a model back to training after
+        evaluating it, as lth's own evaluation does, leave its dropout off)."""
+        return super().train(False)
+
+    def layers(self) -> dict[str, str]:
+        """Per swapped layer, which implementation each input size uses (after the first calls)."""
+        return {name: ",".join(f"{b}:{c}" for b, c in sorted(m.choice.items())) or "not run yet"
+                for name, m in self.model.named_modules() if isinstance(m, SparseLinear)}
+
+
+def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
+    """The trained ticket of an export folder (or any Hugging Face folder with pruned weights) on the fast engine.
+
+    `precision`: 'auto' (bf16 where the CPU has it natively, unless the export measured that bf16 moves the
+    ticket's dev metric by more than the tolerance: fp32 then and elsewhere), 'bf16' or 'fp32'."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise LthError(f"precision {precision!r}: give 'auto', 'bf16' or 'fp32'")
+    quiet_transformers()
+    folder = Path(path).expanduser()
+    folder = folder / "model" if (folder / "model" / "config.json").is_file() else folder
+    if not (folder / "config.json").is_file():
+        raise LthError(f"no model at {path}; give a folder written by lth export (or its model/ folder)")
+    config = transformers.AutoConfig.from_pretrained(folder)
+    try:
+        model = getattr(transformers, config.architectures[0]).from_pretrained(folder, attn_implementation="eager")
+    except Exception as exc:  # a damaged or foreign folder
+        raise LthError(f"could not load the model in {folder} ({type(exc).__name__}); export it again") from None
+    if precision == "auto":
+        native = auto_precision(torch.device("cpu"))
+        precision = native if native == "fp32" or _bf16_keeps_the_metric(folder.parent) else "fp32"
+    sparsify(model, _pruned_names(folder.parent), bf16=precision == "bf16")
+    return FastModel(model, precision)
+
+
+def _bf16_keeps_the_metric(export: Path) -> bool:
+    """False where `lth export` measured the engine in bf16 moving the dev metric past the tolerance (ticket.json's
+    `fast_engine`); True where it did not, or where nothing was measured."""
+    if not (export / "ticket.json").is_file():
+        return True
+    engine = load_json(export / "ticket.json").get("fast_engine") or {}
+    return engine.get("precision") != "bf16" or engine.get("within_tolerance", True)
+
+
+def _pruned_names(export: Path) -> list[str] | None:
+    """The weights the ticket prunes, when the folder is an export with its ticket."""
+    if not (export / "ticket.safetensors").is_file():
+        return None
+    return list(read_meta(export / "ticket.safetensors")["shapes"])

@@ -1,0 +1,1 @@
+"""Showing results: the text tables every command prints, the report's figures and its HTML page."""

@@ -1,0 +1,146 @@
+"""`lth export`: a level of a run as files a user keeps, shares and loads without lth.
+
+    ticket.safetensors   the mask alone, one bit per prunable weight (xz-compressed when smaller), with what it is
+    model/               the trained ticket as a plain Hugging Face folder (pruned weights are exact zeros)
+    compact/             the same model storing only the surviving weights and the bit masks (lth.load_compact)
+    model.onnx           with --onnx: the trained ticket for serving
+    ticket.json          what was exported, file sizes, and the dev metrics of the exported files
+
+The trained weights come from the run: the level is trained again from the run's rewind point, mask, recipe
+and seed (deterministic, so it reproduces the run's own training; the export checks that its metrics equal the
+level's recorded ones) and kept as level_NN/final.safetensors, so a second export is immediate."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..artifacts.compact import load_compact, save_compact
+from ..artifacts.hf import reload_hf, save_hf_folder
+from ..artifacts.onnx import export_onnx
+from ..artifacts.sizes import export_report, sizes
+from ..artifacts.ticket import save_ticket
+from ..core.console import say
+from ..core.devices import auto_precision
+from ..core.errors import LthError
+from ..core.files import save_json, share
+from ..core.fingerprints import base_fingerprint, combined
+from ..core.models import HEADS
+from ..core.tensors import load_into, load_tensors, save_model
+from ..core.version import __version__
+from ..engine.engine import load_fast
+from ..report.tables import pct
+from ..run.layout import level_dir
+from ..run.records import read_record
+from ..run.settings import FindSettings
+from ..run.summary import read_settings
+from .search import Search, open_search
+
+
+def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: float | None = None,
+           fp16: bool = False, onnx: bool = False, threads: int | None = None) -> dict:
+    """Write a level's ticket, trained model, compact model (and ONNX model); returns what ticket.json holds."""
+    run, to = Path(run).expanduser(), Path(to).expanduser()
+    info = read_settings(run)
+    level = choose_level(run, level, sparsity)
+    record = read_record(level_dir(run, level) / "metrics.json")
+    settings = FindSettings(**{**info["settings"], "runs_dir": str(run.parent), "levels": None, "baselines": None,
+                               "seeds": None, **({"threads": threads} if threads else {})})
+    search = open_search(settings, judging=False)
+    if search.run.resolve() != run.resolve():
+        raise LthError(f"the settings recorded in {run} now make another run ({search.run.name}): its data or model "
+                       "changed since; restore them to export from this run")
+    mask = search.mask(level)
+    metrics = trained(search, level, record)
+    to.mkdir(parents=True, exist_ok=True)
+    about = describe(search, level, record)
+    save_ticket(mask, to / "ticket.safetensors", about)
+    head = HEADS[search.task.head]
+    save_hf_folder(search.model, search.tokenizer, to / "model", search.task.label_names)
+    dtype = torch.float16 if fp16 else torch.float32
+    save_compact(search.model, mask, to / "compact" / "compact.safetensors", dtype, dict(about))
+    search.model.config.save_pretrained(to / "compact")
+    search.tokenizer.save_pretrained(to / "compact")
+    share(to / "compact")
+    result = {**about, "head": head, "files": {}, "metrics": {"run": record["metrics"], "retrained": metrics}}
+    result["metrics"]["model"] = search.evaluate("exported model", reload_hf(to / "model", head))
+    result["metrics"][f"compact ({'fp16' if fp16 else 'fp32'})"] = search.evaluate("compact", load_compact(to / "compact"))
+    engine = fast_engine(search, to, result["metrics"]["model"])
+    if engine is not None:
+        result["fast_engine"] = engine
+        if "metrics" in engine:
+            result["metrics"][f"fast engine ({engine['precision']})"] = engine["metrics"]
+    if onnx:
+        result["onnx"] = export_onnx(search.model, next(iter(search.evals.values())), search.pad_id, to / "model.onnx")
+    result["files"] = sizes(to, mask, search.model, dtype)
+    save_json(result, to / "ticket.json")
+    print(export_report(result, to, TOLERANCE_POINTS))
+    return result
+
+
+TOLERANCE_POINTS = 0.2  # how far bf16 may move the dev metric before the engine runs the ticket in fp32
+
+
+def fast_engine(search: Search, to: Path, exported: dict[str, float]) -> dict | None:
+    """The dev metrics of lth's fast engine (`load_fast`: bf16 where the CPU has it) on the export, and how many
+    points its primary metric lies from the exported model's; None where the task's own forward reaches inside the
+    model (masked-LM), which the engine does not wrap."""
+    if search.task.forward is not None:
+        return None
+    try:  # the precision 'auto' picks on this CPU before any measurement (an older ticket.json could sway it)
+        engine = load_fast(to, auto_precision(torch.device("cpu")))
+        metrics = search.evaluate(f"fast engine ({engine.precision})", engine)
+    except Exception as exc:  # a secondary measurement: the export stands without it, and says why
+        return {"error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}
+    primary = search.task.primary
+    moved = (metrics[primary] - exported[primary]) * (1 if search.task.percent else 100)
+    return {"precision": engine.precision, "metrics": metrics, "primary": primary, "moves_points": moved,
+            "within_tolerance": abs(moved) <= TOLERANCE_POINTS + 1e-9}
+
+
+def choose_level(run: Path, level: int | None, sparsity: float | None) -> int:
+    done = {read_record(p)["level"]: read_record(p)["sparsity"] for p in sorted(run.glob("level_*/metrics.json"))}
+    if not done:
+        raise LthError(f"{run} has no finished level yet; let lth find train one first")
+    if level is None and sparsity is None:
+        raise LthError("say which level to export: --level N or --sparsity S (the finished level nearest to S)")
+    if level is None:
+        level = min(done, key=lambda lvl: abs(done[lvl] - sparsity))
+        say(f"--sparsity {sparsity:g} -> level {level} ({pct(done[level])}), the nearest finished level")
+    if level not in done:
+        raise LthError(f"level {level} of {run} is not finished (finished: {', '.join(map(str, sorted(done)))}); "
+                       "export one of those or let the search go on")
+    return level
+
+
+def trained(search: Search, level: int, record: dict) -> dict:
+    """Put the level's trained weights into search.model (kept, or trained again); returns their dev metrics."""
+    final = level_dir(search.run, level) / "final.safetensors"
+    if final.exists():
+        load_into(search.model, final)
+        return search.evaluate(f"level {level}")
+    unit = search.kind_units("trunk", [level])[0]
+    say(f"training level {level} again from the run's rewind point to get its weights (the run keeps only masks)")
+    search.train_unit(unit, unit.where / "export.checkpoint.pt", desc=f"level {level} export train", keep_rewind=False)
+    metrics = search.evaluate(f"level {level}")
+    if metrics != record["metrics"]:
+        say(f"warning: the retrained level {level} scores {metrics}, the run recorded {record['metrics']}: this machine "
+            "computes differently from the one that ran the search; the export keeps the weights it trained")
+    save_model(search.model, final)
+    (unit.where / "export.checkpoint.pt").unlink(missing_ok=True)
+    return metrics
+
+
+def describe(search: Search, level: int, record: dict) -> dict:
+    """The ticket's metadata: what it is relative to, how it was found, and how well it did."""
+    init, _ = load_tensors(search.run / "init.safetensors")
+    fingerprints = base_fingerprint({k: init[k] for k in search.weights})
+    s = search.s
+    return {"base_model": s.model, "base_name": getattr(search.model.config, "_name_or_path", s.model),
+            "base_fingerprints": fingerprints, "base_fingerprint": combined(fingerprints),
+            "rule": {"include": s.include, "exclude": s.exclude}, "task": search.task.name, "level": level,
+            "metrics": record["metrics"], "run": search.run.name,
+            "schedule": {"schedule": s.schedule, "rate": s.rate, "strategy": s.strategy,
+                         "rewind_step": s.rewind_step},
+            "recipe": {**s.group("recipe", hashed=True), "max_length": s.max_length},
+            "lth_version": __version__}

@@ -1,0 +1,248 @@
+"""The ticket search: one run opened (task, model, θ0, settings.json), and every unit of it trained by the same
+rewind -> finetune -> evaluate -> metrics.json path. Which mask and which starting weights a unit takes is its
+kind's row in run.kinds.KINDS."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..core import masks
+from ..core.baselines import reinitialize_
+from ..core.console import say
+from ..core.devices import Ranks, start
+from ..core.errors import LthError
+from ..core.files import DamagedFile, load_json, only_main_writes, remove, save_json, sweep
+from ..core.metrics import undefined_note
+from ..core.models import check_max_length, load_tokenizer, prunable_weights
+from ..core.tensors import CHECKSUM, load_into, save_model, verify_tensors
+from ..report.tables import level_line
+from ..run.kinds import CHAIN, INIT, KINDS, REINIT
+from ..run.layout import run_name
+from ..run.plan import Plan, keeps_final, previous_final
+from ..run.records import check_run, read_record
+from ..run.settings import FindSettings
+from ..run.summary import SETTINGS_RECORD, read_results
+from ..run.units import Unit, unique
+from ..tasks import Task, build_task
+from .evaluate import predict
+from .masking import Masks
+from .queue import work
+from .train import Recipe, finetune
+
+
+def open_search(s: FindSettings, judging: bool = True) -> "Search":
+    """Load the task and the model, find or create the run directory, and restore θ0.
+
+    Everything that can be refused is checked before a file is written. `judging`: this call chooses the
+    levels that get seeds and baselines (a transfer leaves the search's own choice as it was)."""
+    torch.set_num_threads(s.threads or os.cpu_count() or 1)
+    ranks = start(s.device)
+    only_main_writes(ranks.main)
+    if not ranks.main:  # the other processes of a group train the same units: one voice is enough
+        sys.stdout = open(os.devnull, "w")
+    if s.batch_size < ranks.world * s.grad_accum:
+        raise LthError(f"--batch-size {s.batch_size} is smaller than {ranks.world} processes x --grad-accum "
+                       f"{s.grad_accum}: every process needs at least one example of each micro-batch")
+    task = build_task(s)
+    tokenizer = load_tokenizer(s.model)
+    data = task.fingerprint()
+    run = Path(s.runs_dir) / run_name(task.name, s.model, s.digest(data))
+    say(f"run {run}")
+    model = task.load_model(s.model, s.seed)
+    check_max_length(s.max_length, model, tokenizer, s.model)
+    weights = prunable_weights(model, s.include, s.exclude)
+    for note in task.notes:
+        say(f"note: {note}")
+    search = Search(s, task, tokenizer, model, weights, run, ranks)
+    previous = _previous_settings(run, data)
+    _note_other_data(run, s, data)
+    for leftover in sweep(run) if run.exists() else []:
+        say(f"removed {leftover}, left by an interrupted writer")
+    init = _restore_or_save(model, run / "init.safetensors", previous.get("init_sha256"))
+    check_run(run)
+    search.masks.level(0)  # the all-ones mask: written now if it is missing (a fresh run, or deleted as damaged)
+    judged = search.judged if judging else previous.get("judged_levels", [])
+    save_json({"settings": s.to_dict(), "sizes": task.sizes(), "notes": task.notes, "primary": task.primary,
+               "metrics": task.metric_names, "judged_levels": judged, "data_fingerprint": data,
+               "settings_digest": s.digest(data=""), "init_sha256": init}, run / "settings.json")
+    total = sum(w.numel() for w in weights.values())
+    say(f"model {s.model}: {len(weights)} prunable matrices, {total:,} weights "
+        f"of {sum(p.numel() for p in model.parameters()):,} parameters")
+    return search
+
+
+def _previous_settings(run: Path, data: str) -> dict:
+    """What the run recorded when it began; refuses to continue it on other data."""
+    path = run / "settings.json"
+    if not path.exists():
+        return {}
+    previous = load_json(path, SETTINGS_RECORD)
+    if previous.get("data_fingerprint", data) != data:
+        raise LthError(f"{run} was trained on other data (fingerprint {previous['data_fingerprint']}, now {data}); "
+                       "a run continues only on the data it began with: restore that data, or move the run away")
+    return previous
+
+
+def _note_other_data(run: Path, s: FindSettings, data: str) -> None:
+    """Say so when the same settings already have a run on different data (the files at a path changed)."""
+    if run.exists():
+        return
+    for other in sorted(run.parent.glob(f"{run.name.rsplit('-', 1)[0]}-*/settings.json")):
+        try:
+            info = load_json(other)
+        except (DamagedFile, OSError):
+            continue
+        if info.get("settings_digest") == s.digest(data="") and info.get("data_fingerprint") != data:
+            say(f"note: {other.parent} has the same settings on other data (the files changed since?); "
+                "this is a new run on the data as it is now")
+
+
+class Search(Plan):
+    """One run on disk with its task and model loaded: trains the IMP levels (level_NN/) and their branches
+    (branches/<kind>/...)."""
+
+    def __init__(self, s: FindSettings, task: Task, tokenizer, model, weights, run: Path, ranks: Ranks | None = None):
+        super().__init__(s, run)
+        self.task, self.model, self.weights, self.tokenizer = task, model, weights, tokenizer
+        self.ranks = ranks or Ranks()
+        self.masks = Masks(self, weights)
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.recipe = Recipe(**s.group("recipe"))
+        self.train = task.train_features(tokenizer, s.max_length)
+        self.evals = task.eval_features(tokenizer, s.max_length)
+        if s.rewind_step >= self.recipe.total_steps(len(self.train)):
+            raise LthError(f"--rewind-step {s.rewind_step} is not inside level 0's "
+                           f"{self.recipe.total_steps(len(self.train))} training steps; choose a smaller step")
+
+    def work(self, units: list[Unit], poll_seconds: float = 10.0) -> None:
+        work(unique(units), self.run_unit, poll_seconds, self.ranks)
+
+    # -- how a unit is trained -------------------------------------------------------------------------
+    def run_unit(self, unit: Unit) -> None:
+        started = time.monotonic()
+        row = KINDS[unit.kind]
+        mask, first_step, losses = self.train_unit(unit, unit.where / "checkpoint.pt")
+        metrics = self.evaluate(str(unit))
+        if row.search:
+            self.masks.next_level(unit.level, mask)
+        if keeps_final(self, unit):
+            save_model(self.model, unit.where / "final.safetensors")
+        self._record(unit, mask, metrics, losses, first_step, time.monotonic() - started)
+        if row.chain and unit.level > 1:  # the chain has moved on: drop the weights it came from
+            remove(previous_final(self, unit.kind, unit.seed, unit.level))
+
+    def train_unit(self, unit: Unit, checkpoint: Path, desc: str | None = None, keep_rewind: bool = True
+                   ) -> tuple[masks.Mask, int, list[float]]:
+        """Rewind to the unit's starting weights with its mask and fine-tune: (mask, first step, loss per step).
+        The weights stay in self.model. `keep_rewind`: level 0 saves the later rewind point (--rewind-step)."""
+        row = KINDS[unit.kind]
+        mask = self.masks.of(unit)
+        point, first_step = self.start(unit)
+        rewind(self.model, point, mask, self.weights)
+        if row.start == REINIT:
+            reinitialize_(self.model, unit.seed)
+            masks.apply_(self.weights, mask)
+        on_step = self._rewind_hook() if row.search and unit.level == 0 and keep_rewind else None
+        losses = finetune(self.model, mask, self.train, replace(self.recipe, seed=unit.seed), self.pad_id,
+                          checkpoint, start_step=first_step, desc=desc or f"{unit} train", on_step=on_step,
+                          prepare=self.task.prepare, forward=self.task.forward, ranks=self.ranks)
+        return mask, first_step, losses
+
+    def start(self, unit: Unit) -> tuple[Path, int]:
+        """The weights a unit starts from and its first step: tickets and the masks that compete with them
+        start from the rewind point; dense runs, re-initialised weights and chains at step 0."""
+        start = KINDS[unit.kind].start
+        if start == CHAIN and unit.level > 0:
+            return previous_final(self, unit.kind, unit.seed, unit.level), 0
+        if start in (INIT, REINIT, CHAIN) or unit.level == 0:
+            return self.run / "init.safetensors", 0
+        return self.run / self.rewind_file(), self.s.rewind_step
+
+    def _record(self, unit: Unit, mask, metrics: dict, losses: list[float], first_step: int, seconds: float) -> None:
+        save_json({"step_losses": [round(x, 6) for x in losses], "first_step": first_step},
+                  unit.where / "train_loss.json")
+        record = {"level": unit.level, "kind": unit.kind, "seed": unit.seed, "sparsity": masks.sparsity(mask),
+                  "metrics": metrics, "seconds": round(seconds, 1)}
+        if note := undefined_note(metrics):
+            record["notes"] = [note]
+            say(f"{unit}: note: {note}")
+        save_json(record, unit.where / "metrics.json")
+        remove(unit.where / "checkpoint.pt")  # hundreds of MB, no longer needed
+        say(level_line(record) if KINDS[unit.kind].search else f"{unit.kind} seed {unit.seed}: {level_line(record)}")
+
+    def mask(self, level: int) -> masks.Mask:
+        return self.masks.level(level)
+
+    def evaluate(self, name: str, model=None) -> dict[str, float]:
+        """The task's metrics of `model` (the search's own by default) on every evaluation split."""
+        metrics = {}
+        for split, feats in self.evals.items():
+            outputs = predict(model or self.model, feats, self.pad_id, self.s.eval_batch_size, self.s.precision,
+                              self.task.collect, desc=f"{name} eval {split}", forward=self.task.forward,
+                              ranks=self.ranks)
+            metrics.update(self.task.score(split, outputs))
+        return metrics
+
+    def _rewind_hook(self):
+        if self.s.rewind_step == 0:
+            return None
+        path, at = self.run / self.rewind_file(), self.s.rewind_step
+
+        def save_rewind_point(step: int) -> None:
+            if step == at:
+                save_model(self.model, path)
+        return save_rewind_point
+
+    def summary(self) -> dict:
+        """Everything finished on disk: the levels, the verdict of seeds and baselines, and the transfers."""
+        levels = [read_record(p) for p in sorted(self.run.glob("level_*/metrics.json"))]
+        summary = {"run": str(self.run), "task": self.task.name, "model": self.s.model,
+                   "primary": self.task.primary, "metrics": self.task.metric_names,
+                   "prunable_weights": sum(w.numel() for w in self.weights.values()),
+                   "prunable_matrices": len(self.weights), "levels": levels,
+                   "seeds": self.seeds, "baselines": self.baselines, "judged_levels": self.judged}
+        found = read_results(self.run, self.task.metric_names, self.task.primary, self.seeds[0], self.judged)
+        if found.table["full"]:
+            summary["results"], summary["verdict"] = found.table, found.verdict
+            if found.transfers:
+                summary["transfers"] = found.transfers
+        return summary
+
+    def write_summary(self) -> dict:
+        summary = self.summary()
+        save_json(summary, self.run / "summary.json")
+        return summary
+
+
+def rewind(model, point: Path, mask: masks.Mask, weights: dict) -> None:
+    """Reset every weight, encoder and head, to the rewind point; pruned weights become zero."""
+    load_into(model, point)
+    masks.apply_(weights, mask)
+
+
+def _restore_or_save(model, path: Path, recorded: str | None) -> str | None:
+    """The rewind point θ0 (encoder and new head) is created once, then always read back from disk.
+
+    θ0 is the pre-trained model with a head drawn from the seed, which `model` holds when it is called: a damaged
+    θ0 is rebuilt from it, and kept only if it is bit-identical to the checksum the run recorded."""
+    if not path.exists():
+        return save_model(model, path)
+    try:
+        checksum = verify_tensors(path).get(CHECKSUM)
+    except DamagedFile:
+        if recorded is None:
+            raise
+        rebuilt = path.with_name("init.rebuilt.safetensors")
+        if save_model(model, rebuilt) != recorded:
+            rebuilt.unlink()
+            raise
+        os.replace(rebuilt, path)
+        say(f"note: {path} was damaged; rebuilt it from the model and the seed (identical to the original)")
+        return recorded
+    load_into(model, path)
+    return checksum
