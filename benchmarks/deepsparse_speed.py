@@ -28,11 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from inference_speed import pruned_model  # noqa: E402
 
+from lth.artifacts.onnx import to_onnx  # noqa: E402
 from lth.core.devices import auto_precision  # noqa: E402
+from lth.engine.bench import inputs  # noqa: E402
 from lth.engine.engine import FastModel  # noqa: E402
 from lth.engine.sparse import sparsify  # noqa: E402
-from lth.artifacts.onnx import to_onnx  # noqa: E402
-from lth.engine.bench import inputs  # noqa: E402
 
 BLOCKS = 3
 PAUSE = 1.0  # seconds between blocks: the other engine's threads have stopped spinning by then

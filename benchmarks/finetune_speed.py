@@ -26,10 +26,10 @@ import torch
 from lth.core import masks
 from lth.core.devices import cpu_has_native_bf16
 from lth.core.models import load_tokenizer, prunable_weights
-from lth.tasks.classify import ClassificationTask
-from lth.tasks.glue import load_glue
 from lth.search.evaluate import predict
 from lth.search.train import Recipe, finetune
+from lth.tasks.classify import ClassificationTask
+from lth.tasks.glue import load_glue
 
 PIPELINES = ("lth", "trainer", "pad128", "trainer-eager")
 DEFAULT_PIPELINES = "lth,trainer,pad128"

@@ -21,12 +21,12 @@ import torch
 
 from lth.core import masks
 from lth.core.devices import auto_precision
-from lth.engine.engine import FastModel
-from lth.engine.sparse import sparsify
-from lth.engine.kernels import backend
 from lth.core.models import load_model, prunable_weights
 from lth.core.pruning import prune
 from lth.engine.bench import compare, table
+from lth.engine.engine import FastModel
+from lth.engine.kernels import backend
+from lth.engine.sparse import sparsify
 
 
 def pruned_model(name: str, sparsity: float):

@@ -19,10 +19,9 @@ import time
 import torch
 
 from lth.core import masks
-from lth.core.devices import cpu_has_native_bf16
+from lth.core.devices import Ranks, cpu_has_native_bf16
 from lth.core.models import load_model, prunable_weights
 from lth.core.pruning import prune
-from lth.core.devices import Ranks
 from lth.search.train import Recipe, _Loss, _multiply_, _optimizer, _step, mask_factors, model_forward
 
 

@@ -12,8 +12,8 @@ import time
 import torch
 
 from lth.core.models import load_tokenizer
-from lth.tasks.mlm import attach_mlm_head, mask_tokens, masked_positions_forward
 from lth.search.train import model_forward
+from lth.tasks.mlm import attach_mlm_head, mask_tokens, masked_positions_forward
 
 
 def batch_of(vocab: int, mask_id: int, rows: int, length: int, seed: int = 0) -> dict:

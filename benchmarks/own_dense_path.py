@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from inference_speed import pruned_model  # noqa: E402
 
 from lth.core.devices import auto_precision  # noqa: E402
+from lth.engine.bench import inputs  # noqa: E402
 from lth.engine.engine import FastModel  # noqa: E402
 from lth.engine.sparse import SparseLinear, sparsify  # noqa: E402
-from lth.engine.bench import inputs  # noqa: E402
 
 
 def main() -> None:

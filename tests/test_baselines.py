@@ -1,12 +1,12 @@
 import pytest
 import torch
+
+from lth.core import masks
 from lth.core.baselines import oneshot_mask, random_mask, reinitialize_
 from lth.core.errors import LthError
 from lth.core.models import load_model, prunable_weights
 from lth.core.pruning import prune
 from tiny import make_tiny
-
-from lth.core import masks
 
 
 def weights(seed=0):
@@ -72,6 +72,7 @@ def perturbed(path):
     return model
 
 
+@pytest.mark.slow
 def test_reinitialize_redraws_every_prunable_and_head_weight(tiny):
     model = perturbed(tiny)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -1,4 +1,5 @@
 import torch
+
 from lth.core.batches import collate, evaluation_order, training_order
 
 

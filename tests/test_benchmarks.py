@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tiny import make_tiny, sentiment_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,6 +18,8 @@ def run_script(name: str, *args: str) -> str:
     return out.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_finetune_speed_runs_all_three_pipelines(tmp_path):
     folder = tmp_path / "SST-2"
     folder.mkdir()
@@ -33,6 +37,8 @@ def test_finetune_speed_runs_all_three_pipelines(tmp_path):
     assert "lth evaluating the 32 training sentences" in out
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_mask_overhead_times_every_configuration(tmp_path):
     out = run_script("mask_overhead.py", "--model", make_tiny(tmp_path / "bert"), "--rounds", "2", "--batch-size", "4",
                      "--length", "8", "--threads", "1", "--sparsity", "0.5")
@@ -43,6 +49,8 @@ def test_mask_overhead_times_every_configuration(tmp_path):
     assert float(rows["50% sparse ticket"][-1]) >= 0, "the mask operations are timed"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_pruning_step_reports_every_size(tmp_path):
     out = run_script("pruning_step.py", "--model", make_tiny(tmp_path / "bert"), "--layers", "1", "--repeats", "1",
                      "--threads", "1")
@@ -67,6 +75,8 @@ class Engine:  # DeepSparse's Engine as the worker uses it, run by ONNX Runtime:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_deepsparse_speed_runs_against_a_stand_in_engine(tmp_path):
     """DeepSparse itself needs a venv of its own (numpy < 2); a stand-in with its Engine's interface, run by
     ONNX Runtime, drives the worker process and the block timings end to end."""
@@ -85,6 +95,8 @@ def test_deepsparse_speed_runs_against_a_stand_in_engine(tmp_path):
         assert float(row[-1]) < 1e-5, "the stand-in runs the dense model's ONNX file: its logits are torch's"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_own_dense_path_times_the_engine_against_itself_all_dense(tmp_path):
     out = run_script("own_dense_path.py", "--model", make_tiny(tmp_path / "bert"), "--sparsity", "0.5",
                      "--batch-size", "4", "--length", "16", "--repeats", "3", "--threads", "1")

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from lth.run.settings import find_settings, parse_levels
+from safetensors.torch import load_file
+
+import lth
+from lth.cli import main
+from lth.core import masks
 from lth.core.pruning import prune
 from lth.run.layout import branch_dir
 from lth.run.records import collect_results
+from lth.run.settings import find_settings, parse_levels
 from lth.search.queue import Claim
-from safetensors.torch import load_file
 from tiny import make_tiny, toy_task
-
-import lth
-from lth.core import masks
-from lth.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 # 8 epochs at 3e-3 is where the toy task's results differ between seeds and baselines (some runs learn it,
@@ -48,6 +48,7 @@ def results_of(run: Path) -> dict:
     return {where: r["metrics"] for where, r in unit_records(run).items()}
 
 
+@pytest.mark.slow
 def test_every_seed_and_baseline_is_trained_once_and_judged(reference):
     run = Path(reference["run"])
     records = unit_records(run)
@@ -90,6 +91,7 @@ def test_each_baseline_trains_the_mask_it_claims(reference):
     assert (branch_dir(run, "full", 2, 0) / "final.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted_and_retrains_nothing_finished(toy, reference, tmp_path,
                                                                                        monkeypatch):
     import lth.search.search as imp
@@ -128,6 +130,8 @@ def flags_as_cli(toy, runs) -> list[str]:
     return args
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_processes_share_one_run_without_training_anything_twice(toy, reference, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"}
     workers = [subprocess.Popen([sys.executable, "-m", "lth", *flags_as_cli(toy, tmp_path)], env=env,
@@ -141,6 +145,7 @@ def test_two_processes_share_one_run_without_training_anything_twice(toy, refere
     assert results_of(run) == results_of(Path(reference["run"]))
 
 
+@pytest.mark.slow
 def test_chosen_levels_get_the_branches_and_the_search_runs_up_to_them(toy, tmp_path):
     summary = lth.find(**toy, runs_dir=str(tmp_path), **{**FLAGS, "levels": "2", "baselines": "random-prune",
                                                           "max_sparsity": 0.9})
@@ -190,6 +195,8 @@ def test_levels_seeds_and_baselines_flags():
         "branches belong to the same run"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_claim_is_exclusive_and_dies_with_its_process(tmp_path):
     first, second = Claim(tmp_path), Claim(tmp_path)
     assert first.acquire() and not second.acquire() and second.held_elsewhere()

@@ -11,15 +11,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from lth.core.tensors import load_into
-from lth.artifacts.compact import load_compact
-from lth.artifacts.ticket import entropy_bytes, load_ticket, pack, unpack
-from tiny import make_tiny, toy_task
 from transformers import AutoModelForSequenceClassification
 
 import lth
-from lth.core import masks
+from lth.artifacts.compact import load_compact
+from lth.artifacts.ticket import entropy_bytes, load_ticket, pack, unpack
 from lth.cli import main
+from lth.core import masks
+from lth.core.tensors import load_into
+from tiny import make_tiny, toy_task
 
 RECIPE = dict(epochs=6, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, max_sparsity=0.8, precision="fp32",
               threads=1)
@@ -65,6 +65,7 @@ def test_entropy_bounds_by_hand():
     assert entropy_bytes({"b": mask["b"]}) == 0.0
 
 
+@pytest.mark.slow
 def test_ticket_round_trip_is_bit_exact_and_carries_what_it_is(shipped):
     mask, meta = load_ticket(shipped["to"])
     run_mask = masks.load(shipped["run"] / "level_02" / "mask.safetensors")
@@ -107,6 +108,8 @@ with torch.no_grad():
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_hf_folder_loads_without_lth_and_predicts_as_the_masked_model(shipped):
     batch = inputs()
     out = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_LTH, str(shipped["to"] / "model"),
@@ -166,8 +169,8 @@ def test_fp16_compact_is_half_and_its_metrics_are_measured(shipped, tmp_path):
 
 
 def test_the_fast_engine_is_scored_on_the_dev_set_at_export(shipped, capsys):
-    from lth.core.devices import cpu_has_native_bf16
     from lth.artifacts.sizes import export_report
+    from lth.core.devices import cpu_has_native_bf16
     from lth.search.export import TOLERANCE_POINTS, fast_engine
 
     engine = shipped["result"]["fast_engine"]

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+import lth
+from lth.cli import main
 from lth.core.devices import cpu_has_native_bf16
-from lth.engine.layers import _Masks, lean_layers
-from lth.engine.sparse import SparseLinear, sparsify
 from lth.engine.kernels import (
     CSR,
     _numba,
@@ -22,10 +23,9 @@ from lth.engine.kernels import (
     pair_kernel,
     sparse_linear,
 )
+from lth.engine.layers import _Masks, lean_layers
+from lth.engine.sparse import SparseLinear, sparsify
 from tiny import make_tiny, toy_task
-
-import lth
-from lth.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = [(1, 16, 16), (63, 40, 24), (64, 384, 384), (130, 20, 37), (200, 96, 48)]  # tokens, out, in
@@ -150,8 +150,8 @@ def test_the_pair_layout_packs_two_bf16_weights_a_word_and_pads_odd_rows():
 
 
 def test_without_the_pair_kernel_bf16_layers_use_the_fp32_layout(monkeypatch):
-    import lth.engine.sparse
     import lth.engine.kernels
+    import lth.engine.sparse
 
     monkeypatch.setattr(lth.engine.kernels, "pair_kernel", lambda: False)
     monkeypatch.setattr(lth.engine.sparse, "pair_kernel", lambda: False)
@@ -199,6 +199,7 @@ def shipped(tmp_path_factory):
     return {"root": root, "to": root / "ticket", "dev": dev}
 
 
+@pytest.mark.slow
 def test_load_fast_predicts_as_the_masked_model(shipped):
     from transformers import AutoModelForSequenceClassification
 
@@ -304,8 +305,9 @@ def test_fused_attention_refuses_what_it_cannot_do():
 
 @needs_pairs
 def test_layers_with_fused_attention_follow_the_fp32_model(tmp_path):
-    from lth.core.devices import autocast
     from transformers import AutoModel
+
+    from lth.core.devices import autocast
 
     model = AutoModel.from_pretrained(make_tiny(tmp_path / "bert", hidden=64, dropout=0.0),
                                       attn_implementation="eager").eval()
@@ -381,6 +383,8 @@ def test_predict_in_fp32_gives_the_exported_models_scores(shipped, tmp_path):
         lth.load_fast(shipped["to"], precision="fp16")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_speed_and_the_benchmark_run_on_a_tiny_model(shipped, capsys):
     assert main(["speed", str(shipped["to"]), "--batch-size", "4", "--length", "16", "--repeats", "2",
                  "--threads", "1"]) == 0
@@ -413,6 +417,8 @@ def test_sparsify_fuses_gelu_into_the_ffn_in(shipped):
         assert torch.allclose(ffn_in(x), reference.bert.encoder.layer[0].intermediate(x), atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_without_the_native_kernel_the_engine_says_so_and_still_computes():
     script = ("import torch; from lth.engine.kernels import backend, sparse_linear, CSR; print(backend()); "
               "w = torch.randn(8, 16) * (torch.rand(8, 16) < 0.3); x = torch.randn(5, 16); "

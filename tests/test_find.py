@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import make_tiny, toy_task
 
 import lth
-from lth.core import masks
 from lth.cli import main
+from lth.core import masks
+from tiny import make_tiny, toy_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +61,7 @@ def test_rerun_resumes_without_training_and_extends(toy, tmp_path, monkeypatch):
     assert more["levels"][:3] == first["levels"]
 
 
+@pytest.mark.slow
 def test_same_command_twice_gives_same_masks_and_other_settings_another_run(toy, tmp_path):
     a = lth.find(**settings(toy, tmp_path / "a"))
     b = lth.find(**settings(toy, tmp_path / "b"))
@@ -96,6 +97,8 @@ def cli_args(toy, runs):
             "--max-sparsity", "0.8", "--precision", "fp32", "--threads", "1"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_mid_level_then_rerun_equals_uninterrupted(toy, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"}
     straight = subprocess.run([sys.executable, "-m", "lth", *cli_args(toy, tmp_path / "a")], env=env,
@@ -131,6 +134,7 @@ def test_layerwise_strategy_gives_equal_per_matrix_sparsity(toy, tmp_path):
     assert all(abs(1 - m.float().mean().item() - 0.5) < 0.01 for m in mask.values())
 
 
+@pytest.mark.slow
 def test_a_mask_from_another_model_is_refused(toy, tmp_path):
     other = make_tiny(tmp_path / "other", hidden=48)
     runs = tmp_path / "runs"

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from lth.core.models import load_model, prunable_weights
-from tiny import NEGATIVE, NEUTRAL, POSITIVE, make_tiny
 
 import lth
 from lth.core import masks
+from lth.core.models import load_model, prunable_weights
+from tiny import NEGATIVE, NEUTRAL, POSITIVE, make_tiny
 
 WORDS = POSITIVE + NEGATIVE + NEUTRAL
 

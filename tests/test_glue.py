@@ -2,8 +2,8 @@
 from collections import Counter
 
 import pytest
-from lth.core.errors import LthError
 
+from lth.core.errors import LthError
 from lth.tasks import TASK_NAMES, load_task
 from lth.tasks.glue import GLUE_TASKS, load_glue
 

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from lth.run.settings import RANGES, FindSettings
-from lth.core.files import atomic_path, sweep
-from lth.core.tensors import load_tensors
-from lth.core.pruning import prune
-from tiny import make_tiny, toy_task, write_csv
 
 import lth
-from lth.core import masks
 from lth.cli import main
+from lth.core import masks
+from lth.core.files import atomic_path, sweep
+from lth.core.pruning import prune
+from lth.core.tensors import load_tensors
+from lth.run.settings import RANGES, FindSettings
+from tiny import make_tiny, toy_task, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"}
@@ -93,6 +93,7 @@ DAMAGES = [  # (file in the run, damage): every kind of file a run writes, trunk
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, damage", DAMAGES, ids=[f"{n}-{d.__name__}" for n, d in DAMAGES])
 def test_a_damaged_file_is_named_with_a_fix_that_works(toy, reference, tmp_path, capsys, name, damage):
     run = tmp_path / reference.name
@@ -124,6 +125,7 @@ def test_verdict_reports_a_damaged_mask_of_a_finished_run(reference, tmp_path, c
     assert "level_01/mask.safetensors is damaged (its checksum does not match" in out.err and "imp" in out.out
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_discarded_and_the_unit_starts_over(toy, reference, tmp_path, monkeypatch, capsys):
     import lth.search.search as imp
 
@@ -173,6 +175,8 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_kill_during_a_checkpoint_write_leaves_nothing_after_the_rerun(toy, reference, tmp_path):
     killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING_A_CHECKPOINT, *argv(toy, tmp_path)],
                             env=ENV, capture_output=True, text=True)
@@ -195,6 +199,8 @@ with atomic_path(sys.argv[1]) as tmp:
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sweep_leaves_a_live_writers_file_alone(tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", HOLD_A_TEMPORARY_FILE, str(tmp_path / "a" / "metrics.json")],
                               env=ENV, stdout=subprocess.PIPE, text=True)
@@ -218,7 +224,6 @@ def test_a_diverging_run_stops_with_a_clear_error_and_saves_no_level(toy, tmp_pa
 def test_non_finite_weights_after_the_last_step_are_refused(tmp_path):
     from lth.core.models import load_model, load_tokenizer, prunable_weights
     from lth.search.train import Diverged, Recipe, finetune
-
     from lth.tasks.classify import encode
     from lth.tasks.examples import Examples
 
@@ -301,6 +306,8 @@ def test_help_reads_cleanly(capsys):
 
 # --- 4: the file system ----------------------------------------------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_full_disk_is_one_line_and_the_rerun_finishes(toy, reference, tmp_path):
     limit = "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000)); " \
             "from lth.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -373,6 +380,7 @@ def test_a_run_is_named_by_its_data_not_its_path_and_never_continues_on_other_da
         lth.find(data=str(glue), **common)
 
 
+@pytest.mark.slow
 def test_a_narrower_levels_request_keeps_every_judged_level(toy, tmp_path, capsys):
     flags = ["--max-sparsity", "0.8", "--seeds", "2", "--baselines", "random-prune"]
     assert main(argv(toy, tmp_path, *flags, "--levels", "1,2")) == 0
@@ -411,6 +419,8 @@ masks.save({n: torch.rand(8, 8, generator=g) > 0.5 for n in "zyxab"}, sys.argv[1
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_equal_masks_have_equal_bytes_across_processes(tmp_path):
     for name in ("a", "b", "c"):
         subprocess.run([sys.executable, "-c", SAVE_A_MASK, str(tmp_path / name)], env=ENV, check=True)

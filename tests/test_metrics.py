@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+
 from lth.core.metrics import METRICS, score_classification
 
 PRED = np.array([1, 1, 0, 0, 1])

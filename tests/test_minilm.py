@@ -1,10 +1,13 @@
 """Integration: the real offline MiniLM on slices of real GLUE data and the embedded BBC demo data."""
 from pathlib import Path
 
+import pytest
+
 import lth
 from lth.core import masks
 
 
+@pytest.mark.slow
 def test_minilm_on_real_rte_slice_prunes_and_evaluates(shared_data, tmp_path):
     summary = lth.find(model="minilm", task="rte", data=str(Path(shared_data) / "glue"), train_limit=64,
                        eval_limit=48, epochs=1, max_length=64, levels=1, runs_dir=str(tmp_path), threads=2)

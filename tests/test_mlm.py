@@ -4,10 +4,9 @@ import shutil
 
 import pytest
 import torch
+
 from lth.core.errors import LthError
 from lth.core.models import load_model, load_tokenizer, prunable_weights, resolve_model
-from tiny import make_tiny, sentiment_rows, write_tokenizer
-
 from lth.tasks.mlm import (
     IGNORE,
     MaskedLMTask,
@@ -20,6 +19,7 @@ from lth.tasks.mlm import (
     read_text,
     text_lines,
 )
+from tiny import make_tiny, sentiment_rows, write_tokenizer
 
 MASK, VOCAB = 4, 1000
 
@@ -287,6 +287,8 @@ def test_unloadable_model_is_an_lth_error(tmp_path):
         attach_mlm_head(str(tmp_path / "broken"), seed=0)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_mlm_head_benchmark_runs_on_a_tiny_model(tmp_path):
     import os
     import subprocess

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from lth.core.errors import LthError
 from lth.core.models import load_model, prunable_weights, resolve_model
 from tiny import make_tiny

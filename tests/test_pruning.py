@@ -1,11 +1,11 @@
 import pytest
 import torch
-from lth.core.errors import LthError
-from lth.core.pruning import Magnitudes, planned_levels, prune, select, sparsity_at
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from lth.core import masks
+from lth.core.errors import LthError
+from lth.core.pruning import Magnitudes, planned_levels, prune, select, sparsity_at
 
 
 def random_weights(seed=0):

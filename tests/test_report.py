@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from lth.report.html import report
-from lth.core.masks import density_map
-from test_find_squad_mlm import squad_file, text_file
-from tiny import make_tiny, toy_task
 
 import lth
-from lth.report import figures
 from lth.cli import main
+from lth.core.masks import density_map
+from lth.report import figures
+from lth.report.html import report
+from test_find_squad_mlm import squad_file, text_file
+from tiny import make_tiny, toy_task
 
 RECIPE = dict(epochs=6, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, max_sparsity=0.8, precision="fp32",
               threads=1)
@@ -43,6 +43,7 @@ def page(runs):
     return to
 
 
+@pytest.mark.slow
 def test_every_figure_and_table_is_in_the_page_and_in_files(runs, page):
     text = (page / "index.html").read_text()
     judged, mlm = runs["judged"].name, runs["mlm"].name
@@ -96,6 +97,7 @@ def test_figures_reflect_their_data(runs):
     assert list(line.get_ydata()) == [r["metrics"]["accuracy"] for r in levels]
 
 
+@pytest.mark.slow
 def test_an_unfinished_run_and_a_run_without_seeds_render(runs, tmp_path, monkeypatch):
     import lth.search.search as search
 
@@ -115,6 +117,7 @@ def test_an_unfinished_run_and_a_run_without_seeds_render(runs, tmp_path, monkey
     assert "only one seed of the full model" in text and f'<figure id="{run.name}-density">' in text
 
 
+@pytest.mark.slow
 def test_every_task_kind_renders(runs, tmp_path):
     squad = lth.find(model=runs["model"], task="squad", data=squad_file(tmp_path / "s.json"), split_articles="4:2",
                      max_length=32, doc_stride=8, runs_dir=str(tmp_path), **{**RECIPE, "epochs": 1})
@@ -126,6 +129,9 @@ def test_every_task_kind_renders(runs, tmp_path):
         assert f'<figure id="{Path(run).name}-metric"><img alt="{metric} against sparsity' in text
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.browser
 def test_the_page_in_a_real_browser(page, runs):
     """Headless Chromium opens the page offline: no console error, every image loaded, no request to a network."""
     from playwright.sync_api import sync_playwright

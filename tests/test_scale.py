@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import make_tiny, toy_task
 
 import lth
-from lth.core import masks
 from lth.cli import main
+from lth.core import masks
+from tiny import make_tiny, toy_task
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -103,6 +103,7 @@ def two(toy):
             "stdout": done.stdout}
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_global_batch(toy, two, tmp_path):
     assert main(flags(toy, tmp_path)) == 0
     one = next(tmp_path.iterdir())
@@ -125,6 +126,8 @@ def test_each_file_is_written_by_the_main_process_and_both_end_equal(two):
     assert len(once) == len(set(once)), "every record and mask written once"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_killing_the_launcher_then_resuming_gives_the_same_run(toy, two, tmp_path):
     command = [*ACCELERATE, str(next(PORTS)), "-m", "lth", *flags(toy, tmp_path, "--device", "cpu",
                                                                  "--checkpoint-minutes", "0.0001")]
@@ -142,6 +145,8 @@ def test_killing_the_launcher_then_resuming_gives_the_same_run(toy, two, tmp_pat
     assert records(run) == records(two["run"]) and not list(run.rglob("*.tmp"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_unit_trains_exactly_one_unit_and_never_one_held_elsewhere(toy, tmp_path):
     assert main(flags(toy, tmp_path, "--list-units")) == 0
     command = [sys.executable, "-m", "lth", *flags(toy, tmp_path, "--unit", "branches/full/seed_2/level_00")]
@@ -155,6 +160,8 @@ def test_unit_trains_exactly_one_unit_and_never_one_held_elsewhere(toy, tmp_path
     assert main(flags(toy, tmp_path, "--unit", "level_9")) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_unit_waits_for_its_inputs(toy, tmp_path):
     waiting = subprocess.Popen([sys.executable, "-m", "lth", *flags(toy, tmp_path, "--unit", "level_01")],
                                env=env(toy), stdout=subprocess.PIPE, text=True)
@@ -165,6 +172,7 @@ def test_unit_waits_for_its_inputs(toy, tmp_path):
     assert "waiting for its inputs" in out and "level 1 trunk seed 1: training" in out
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_whole_batch(toy, tmp_path):
     """2 micro-batches of 16 make the same steps as batches of 32 (dropout off)."""
     common = dict(model=toy["model"], task=toy["task"], eval=toy["eval"], epochs=8, batch_size=32, lr=3e-3,
@@ -175,6 +183,7 @@ def test_gradient_accumulation_equals_the_whole_batch(toy, tmp_path):
     assert close(records(Path(parts["run"])), records(Path(whole["run"])))
 
 
+@pytest.mark.slow
 def test_a_run_moves_between_device_settings_and_resumes(toy, tmp_path, monkeypatch):
     import lth.search.search as search
 

@@ -3,11 +3,11 @@ import json
 
 import numpy as np
 import pytest
-from lth.core.errors import LthError
-from tiny import write_tokenizer
 
+from lth.core.errors import LthError
 from lth.tasks.squad import eval_features, load_squad, split_articles, train_features
 from lth.tasks.squadeval import exact_match, f1, normalize_answer, postprocess, squad_scores
+from tiny import write_tokenizer
 
 LOW = -10.0
 HIGH = 10.0

@@ -3,8 +3,8 @@ import json
 from collections import Counter
 
 import pytest
-from lth.core.errors import LthError
 
+from lth.core.errors import LthError
 from lth.tasks import load_task
 from lth.tasks.bbc import load_bbc
 from lth.tasks.text import load_text_files

@@ -1,17 +1,17 @@
 import numpy as np
 import pytest
 import torch
-from lth.core.tensors import save_model
-from lth.core.models import load_model, load_tokenizer, prunable_weights
-from lth.core.pruning import prune
-from lth.search.evaluate import predict as predict_rows
-from lth.search.train import Recipe, finetune
-from tiny import make_tiny, sentiment_rows
 
 from lth.core import masks
+from lth.core.models import load_model, load_tokenizer, prunable_weights
+from lth.core.pruning import prune
+from lth.core.tensors import save_model
+from lth.search.evaluate import predict as predict_rows
 from lth.search.search import rewind
+from lth.search.train import Recipe, finetune
 from lth.tasks.classify import encode
 from lth.tasks.examples import Examples
+from tiny import make_tiny, sentiment_rows
 
 
 def predict(*args):

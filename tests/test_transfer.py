@@ -6,18 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lth.core.tensors import load_into
-from lth.core.models import load_model, load_tokenizer, prunable_weights
-from lth.search.evaluate import predict
-from lth.search.train import Recipe, finetune
-from test_find_squad_mlm import squad_file, text_file
-from tiny import make_tiny, sentiment_rows, toy_task, write_csv
 
 import lth
-from lth.core import masks
 from lth.cli import main
+from lth.core import masks
+from lth.core.models import load_model, load_tokenizer, prunable_weights
+from lth.core.tensors import load_into
+from lth.search.evaluate import predict
+from lth.search.train import Recipe, finetune
 from lth.tasks.classify import encode
 from lth.tasks.text import load_text_files
+from test_find_squad_mlm import squad_file, text_file
+from tiny import make_tiny, sentiment_rows, toy_task, write_csv
 
 RECIPE = dict(epochs=3, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, max_sparsity=0.8, precision="fp32",
               threads=1)
@@ -43,6 +43,7 @@ def target_flags(world, **kw) -> dict:
     return dict(model=world["model"], runs_dir=str(world["runs"]), seeds=2, **RECIPE, **kw)
 
 
+@pytest.mark.slow
 def test_a_transfer_equals_training_the_mask_by_hand(world, monkeypatch):
     import lth.search.search as search
 
@@ -105,6 +106,7 @@ def test_a_mask_of_another_base_with_the_same_shapes_is_refused(world, tmp_path)
     assert not list(tmp_path.rglob("branches")), "nothing is trained for a refused source"
 
 
+@pytest.mark.slow
 def test_a_qa_mask_keeps_the_classifier_pooler_dense_and_says_so(world, tmp_path, capsys):
     squad = lth.find(model=world["model"], task="squad", data=squad_file(tmp_path / "s.json"), split_articles="4:2",
                      max_length=32, doc_stride=8, runs_dir=str(tmp_path), **{**RECIPE, "epochs": 1})
@@ -121,6 +123,7 @@ def test_a_qa_mask_keeps_the_classifier_pooler_dense_and_says_so(world, tmp_path
     assert entry["sparsity"] < 0.5 and len(entry["table"]["levels"][f"{entry['sparsity']:.6f}"]["random-prune"]) == 2
 
 
+@pytest.mark.slow
 def test_the_mlm_ticket_applies_to_regression_and_squad_heads(world, tmp_path):
     out = lth.transfer(str(world["mlm"]), task=world["regression"], level=1, **target_flags(world))
     summary = out["targets"][world["regression"]]
@@ -134,6 +137,7 @@ def test_the_mlm_ticket_applies_to_regression_and_squad_heads(world, tmp_path):
     assert squad["matrix"]["cells"][0]["metric"] == "f1"
 
 
+@pytest.mark.slow
 def test_an_interrupted_transfer_resumes_to_the_same_result(world, tmp_path, monkeypatch):
     import lth.search.search as search
 

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from lth.core.errors import LthError
 from lth.report.tables import verdict_table as format_verdict_table
 from lth.run.verdict import SINGLE_SEED_NOTE, lower_is_better, summarize, verdict, winning_sparsity

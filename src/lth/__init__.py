@@ -64,4 +64,5 @@ def load_fast(path: str, precision: str = "auto"):
     return _load(path, precision)
 
 
-__all__ = ["FindSettings", "LthError", "__version__", "apply_ticket", "export", "find", "load_compact", "load_fast", "transfer"]
+__all__ = ["FindSettings", "LthError", "__version__", "apply_ticket", "export", "find", "load_compact", "load_fast",
+           "transfer"]

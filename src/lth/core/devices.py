@@ -49,7 +49,7 @@ def auto_precision(device: torch.device) -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    """bf16 autocast only pays on CPUs with bf16 instructions (benchmarks/results: about 2x on avx512_bf16)."""
+    """bf16 autocast only pays on CPUs with bf16 instructions (benchmarks/results/design-measurements.md)."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 

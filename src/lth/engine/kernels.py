@@ -7,8 +7,9 @@ adds w · X[:, i] to 64 running sums at once (four AVX-512 registers, fused mult
 outputs is transposed back into Y. Tiles run in parallel on torch's threads (and blocks of output rows too,
 where there are fewer tiles than threads). Inputs and outputs may be bf16 (converted while transposing), the products are fp32. Where the CPU has
 AVX512-BF16 a second layout (`CSR(pairs=True)`) keeps W and the tile in bf16 and multiplies two non-zeros of a row
-per instruction (VDPBF16PS, sums in fp32): what bf16 autocast's matmul computes, in half the bytes; on MiniLM's
-shapes 1.2-2.8x the fp32 layout's speed (measured at 5-50% density).
+per instruction (VDPBF16PS, sums in fp32): what bf16 autocast's matmul computes, in half the bytes, and faster
+than the fp32 layout on MiniLM's shapes (benchmarks/results/design-measurements.md, like every number behind a
+choice in the engine).
 
 Also here: attention fused into one pass a head (`fused_attention`), in bf16 with the same instructions and in fp32.
 
@@ -33,8 +34,8 @@ CHUNK = 128  # input columns per chunk when chunking pays: 128 x 64 tokens x 4 b
 def choose_chunk(width: int, density: float, pairs: bool = False) -> int:
     """Columns per chunk. fp32 layout: all of them (plain CSR) for narrow, sparse matrices; 128 for wide inputs or
     denser matrices, where re-reading a 64-token tile of a wide input from L2 for every non-zero costs more than
-    re-reading each row's 64 running sums once per chunk (measured on 384 x 1536 and at 30% density). bf16 pairs
-    (half the bytes a column): 512 up to 20% density, 256 above (measured at 5-50% on MiniLM's shapes)."""
+    re-reading each row's 64 running sums once per chunk. bf16 pairs (half the bytes a column): 512 up to 20%
+    density, 256 above. Both rules were measured on MiniLM's shapes (design-measurements.md)."""
     if pairs:
         return min(width, 512 if density <= 0.2 else 256)
     return CHUNK if width > CHUNK and (width > 512 or density > 0.2) else width
@@ -186,7 +187,7 @@ def fused_attention(qkv: torch.Tensor, mask: torch.Tensor | None, heads: int, sc
 
     One C++ pass a head, no (batch x heads x tokens x tokens) tensor written, scores and softmax in fp32. In bf16
     both products use the pair kernel's instructions and the probabilities are rounded to bf16 (as softmax's bf16
-    output is): 2.5x torch's baddbmm-softmax-bmm at batch 1 x 128 on MiniLM, 1.7x at 32. Needs the dtype in
+    output is), faster than torch's baddbmm-softmax-bmm (design-measurements.md). Needs the dtype in
     `attention_dtypes()` and a head size in ATTENTION_SIZES."""
     size = qkv.shape[-1] // 3 // heads
     if qkv.dtype not in attention_dtypes() or size not in ATTENTION_SIZES:

@@ -16,7 +16,7 @@ def lean_layers(model: nn.Module) -> int:
     context, the output projection, residual and LayerNorm, the FFN, residual and LayerNorm — without its
     dropout calls, attention-interface dispatch and chunking helpers, whose many small ops cost interpreter time
     at batch 1, and with attention as `_LeanForward` computes it (torch's fused scaled_dot_product_attention was
-    measured too: in the engine at batch 32 x 128 it took 12.9 ms a layer, autocast's eager attention 10). Layers
+    slower in the engine: design-measurements.md). Layers
     that differ (relative positions, cross-attention, a decoder, another attention scale) keep their own forward."""
     count, masks = 0, _Masks()
     for module in model.modules():
@@ -29,8 +29,8 @@ def lean_layers(model: nn.Module) -> int:
 
 def _fuse_qkv(att: nn.Module) -> None:
     """Q, K and V as one linear layer `att.qkv` (their rows stacked) in place of three, where all three are plain
-    nn.Linear or all SparseLinear: one call reads the input once instead of three times (4% of the whole model's
-    time at batch 32 x 128 on 70-90% sparse MiniLM, measured). The three are removed, their memory freed."""
+    nn.Linear or all SparseLinear: one call reads the input once instead of three times (design-measurements.md).
+    The three are removed, their memory freed."""
     parts = [att.query, att.key, att.value]
     if {type(p) for p in parts} not in ({nn.Linear}, {SparseLinear}):
         return
@@ -69,8 +69,7 @@ class _LeanForward:
     `_fuse_qkv`) go to it (`kernels.fused_attention`). Otherwise attention runs outside autocast in the
     dtype of Q: the scores as one batched product that also scales and adds the mask (baddbmm), softmax on them
     directly (in bf16 torch still sums in fp32), then the context. Under autocast the same steps cast the scores
-    to fp32 and back and take three more passes over them (22% of the whole model's time at batch 32 x 128, 70%
-    sparse MiniLM, measured)."""
+    to fp32 and back and take three more passes over them (design-measurements.md)."""
 
     def __init__(self, layer: nn.Module, masks: "_Masks"):
         self.layer, self.masks = layer, masks
@@ -96,7 +95,7 @@ class _LeanForward:
             k = k.to(q.dtype).reshape(split).permute(0, 2, 3, 1).reshape(batch * heads, size, tokens)
             v = v.to(q.dtype).reshape(split).transpose(1, 2).reshape(batch * heads, tokens, size)
             mask = self.masks.additive(attention_mask, heads, q.dtype)
-            if mask is None:  # beta=0: the product alone (scaled on the way out: 20% faster than bmm, then mul)
+            if mask is None:  # beta=0: the product alone, scaled on the way out (faster than bmm, then mul)
                 scores = torch.baddbmm(q.new_empty(batch * heads, tokens, tokens), q, k, beta=0.0, alpha=size ** -0.5)
             else:
                 scores = torch.baddbmm(mask, q, k, alpha=size ** -0.5)

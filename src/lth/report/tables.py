@@ -102,8 +102,11 @@ def matrix_table(cells: list[dict]) -> str:
     sources = list(dict.fromkeys(c["source"] for c in cells))
     rows = [["source \\ target", *[f"{t} ({next(c['metric'] for c in cells if c['target'] == t)})" for t in targets]]]
     for source in sources:
-        rows.append([source, *(_cell_text(next((c for c in cells if c["source"] == source and c["target"] == target),
-                                               None)) for target in targets)])
+        found = {}
+        for cell in cells:  # the first cell of each target, as a matrix has one per source and target
+            if cell["source"] == source:
+                found.setdefault(cell["target"], cell)
+        rows.append([source, *(_cell_text(found.get(target)) for target in targets)])
     rows.append(["full model", *[_stat(next(c["full"] for c in cells if c["target"] == t)) for t in targets]])
     return "\n".join(align(rows, rule=True) + [f"{MARKS}   (own) the target's own ticket   @ the sparsity on the target"])
 

@@ -1,15 +1,15 @@
 """Every kind of unit as data: one full row per kind, read by the planner (`plan.py`), the one training path
 (`search.Search.run_unit`) and the readers of results (`records.py`). Nothing else tests a unit's kind.
 
-    kind           mask from                      starts from       levels       seeds    waits for         column
-    trunk          the search's mask of its level  rewind point      every        search   previous level    imp
-    full           all ones                        θ0                dense (0)    others   -                 full
-    imp            the search's mask of its level  rewind point      judged       others   level mask        imp
-    random-prune   random, the level's sparsity    rewind point      judged       all      -                 random-prune
-    random-reinit  the search's mask of its level  fresh init        judged       all      level mask        random-reinit
-    oneshot        magnitudes of θ0                rewind point      judged       all      -                 oneshot
-    standard       magnitudes of its chain         chain's weights   chain        all      previous weights  standard
-    transfer       another run's or a file's mask  rewind point      (a sparsity) all      -                 (own table)
+    kind           mask from                       starts from      levels     seeds   waits for         column
+    trunk          the search's mask of its level  rewind point     every      search  previous level    imp
+    full           all ones                        θ0               dense (0)  others  -                 full
+    imp            the search's mask of its level  rewind point     judged     others  level mask        imp
+    random-prune   random, the level's sparsity    rewind point     judged     all     -                 its own
+    random-reinit  the search's mask of its level  fresh init       judged     all     level mask        its own
+    oneshot        magnitudes of θ0                rewind point     judged     all     -                 its own
+    standard       magnitudes of its chain         chain's weights  chain      all     previous weights  its own
+    transfer       another run's or a file's mask  rewind point     -          all     -                 -
 
 `search`: the search itself, whose trained weights give the next level's mask (and, at level 0, a later rewind
 point). `chain`: keeps its trained weights for its next level, which starts from them (standard pruning). Adding a

@@ -16,13 +16,20 @@ from .kinds import BASELINES
 SCHEDULES = ("original", "remaining")
 STRATEGIES = ("global", "layerwise")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# Each field belongs to one group: what is trained on, how each unit trains (the recipe), how the search prunes,
-# what is judged, and where and how fast it runs. The flags stay flat (one per field); the groups name a subset.
-GROUPS = ("data", "recipe", "pruning", "judging", "run")
+# The settings in groups: how each unit trains (the recipe: the fields of search.train.Recipe), how the search
+# prunes, what is judged, and where and how fast it runs; every other field says what is trained on. The flags
+# stay flat, one per field, and settings.json keeps one flat dict (the run's hash depends on it).
+GROUPS = {
+    "recipe": ("steps", "batch_size", "lr", "epochs", "weight_decay", "warmup", "seed", "precision", "grad_accum",
+               "checkpoint_minutes"),
+    "pruning": ("schedule", "rate", "max_sparsity", "strategy", "include", "exclude", "rewind_step"),
+    "judging": ("levels", "seeds", "baselines"),
+    "run": ("device", "eval_batch_size", "runs_dir", "threads"),
+}
 
 
-def _opt(help: str, hashed: bool = True, group: str = "data", **kw):
-    return field(metadata={"help": help, "hashed": hashed, "group": group, **kw.pop("meta", {})}, **kw)
+def _opt(help: str, hashed: bool = True, **kw):
+    return field(metadata={"help": help, "hashed": hashed, **kw.pop("meta", {})}, **kw)
 
 
 @dataclass
@@ -49,47 +56,47 @@ class FindSettings:
     split_articles: str = _opt("squad without --eval: TRAIN:EVAL article counts of the --data file, first "
                                "articles to train, next ones to evaluate", default="40:8")
     steps: int | None = _opt("train exactly this many steps a level instead of --epochs (e.g. for mlm)",
-                             default=None, group="recipe")
-    batch_size: int = _opt("training batch size", default=32, group="recipe")
-    lr: float = _opt("peak learning rate of AdamW (linear decay to 0, every level)", default=2e-5, group="recipe")
-    epochs: float = _opt("training epochs per level", default=3.0, group="recipe")
-    weight_decay: float = _opt("AdamW weight decay", default=0.0, group="recipe")
-    warmup: float = _opt("fraction of each level's steps spent warming up the learning rate", default=0.0, group="recipe")
-    seed: int = _opt("seed of the task head, data order and dropout", default=1, group="recipe")
+                             default=None)
+    batch_size: int = _opt("training batch size", default=32)
+    lr: float = _opt("peak learning rate of AdamW (linear decay to 0, every level)", default=2e-5)
+    epochs: float = _opt("training epochs per level", default=3.0)
+    weight_decay: float = _opt("AdamW weight decay", default=0.0)
+    warmup: float = _opt("fraction of each level's steps spent warming up the learning rate", default=0.0)
+    seed: int = _opt("seed of the task head, data order and dropout", default=1)
     schedule: str = _opt("'original': each level removes RATE of the original prunable weights (the paper); "
                          "'remaining': each level removes RATE of the weights still alive",
-                         default="original", meta={"choices": SCHEDULES}, group="pruning")
-    rate: float | None = _opt("pruning rate per level (default 0.1 for original, 0.2 for remaining)", default=None, group="pruning")
+                         default="original", meta={"choices": SCHEDULES})
+    rate: float | None = _opt("pruning rate per level (default 0.1 for original, 0.2 for remaining)", default=None)
     max_sparsity: float = _opt("highest sparsity (fraction of prunable weights removed) to reach; "
-                               "raising it later continues the same run", default=0.9, hashed=False, group="pruning")
+                               "raising it later continues the same run", default=0.9, hashed=False)
     levels: str | None = _opt("levels to run and judge: '4', '2,4,6' or '2-6' (level 0 is the dense model); the "
                               "search runs every level up to the highest, seeds and baselines run at the chosen "
-                              "ones (default: every level up to --max-sparsity)", default=None, hashed=False, group="judging")
+                              "ones (default: every level up to --max-sparsity)", default=None, hashed=False)
     seeds: int | None = _opt("train the full model and each judged level with N seeds: --seed, --seed+1, ... "
-                             "(default: 3 with --baselines, else 1)", default=None, hashed=False, group="judging")
+                             "(default: 3 with --baselines, else 1)", default=None, hashed=False)
     baselines: str | None = _opt("comma-separated baselines trained at each judged level, N seeds each: "
                                  "random-prune, random-reinit, oneshot, standard, or 'all'", default=None,
-                                 hashed=False, group="judging")
+                                 hashed=False)
     strategy: str = _opt("'global' magnitude over all prunable weights, or 'layerwise' (same rate per matrix)",
-                         default="global", meta={"choices": STRATEGIES}, group="pruning")
+                         default="global", meta={"choices": STRATEGIES})
     include: list[str] = _opt("regex of parameter names to prune in addition to the rule (repeatable)",
-                              default_factory=list, group="pruning")
-    exclude: list[str] = _opt("regex of parameter names never to prune (repeatable)", default_factory=list, group="pruning")
+                              default_factory=list)
+    exclude: list[str] = _opt("regex of parameter names never to prune (repeatable)", default_factory=list)
     rewind_step: int = _opt("rewind to the weights after this many steps of level 0 instead of the "
-                            "pre-trained weights", default=0, group="pruning")
+                            "pre-trained weights", default=0)
     precision: str = _opt("'bf16' or 'fp16' autocast (fp16 with a gradient scaler, GPUs only), 'fp32', or 'auto': "
                           "bf16 where the device computes it natively (Ampere+ GPUs, CPUs with avx512_bf16), fp16 "
-                          "on older GPUs, else fp32", default="auto", meta={"choices": PRECISIONS}, group="recipe")
+                          "on older GPUs, else fp32", default="auto", meta={"choices": PRECISIONS})
     device: str = _opt("where to train: 'auto' (CUDA if present, else Apple's MPS, else the CPU), 'cpu', 'cuda', "
-                       "'cuda:N' or 'mps'; a run moves between devices and resumes", default="auto", hashed=False, group="run")
+                       "'cuda:N' or 'mps'; a run moves between devices and resumes", default="auto", hashed=False)
     grad_accum: int = _opt("split each batch into this many micro-batches (the same step, a fraction of the "
                            "memory): --batch-size 32 --grad-accum 4 fits the paper's batch on a small GPU",
-                           default=1, hashed=False, group="recipe")
-    eval_batch_size: int = _opt("evaluation batch size", default=128, hashed=False, group="run")
-    runs_dir: str = _opt("where run directories live", default="runs", hashed=False, group="run")
+                           default=1, hashed=False)
+    eval_batch_size: int = _opt("evaluation batch size", default=128, hashed=False)
+    runs_dir: str = _opt("where run directories live", default="runs", hashed=False)
     checkpoint_minutes: float = _opt("save a resumable checkpoint at least this often (and every epoch)",
-                                     default=10.0, hashed=False, group="recipe")
-    threads: int | None = _opt("torch threads (default: all cores)", default=None, hashed=False, group="run")
+                                     default=10.0, hashed=False)
+    threads: int | None = _opt("torch threads (default: all cores)", default=None, hashed=False)
 
     def __post_init__(self) -> None:
         if self.rate is None:
@@ -131,10 +138,12 @@ class FindSettings:
         return asdict(self)
 
     def group(self, name: str, hashed: bool = False) -> dict:
-        """The fields of one group (see GROUPS), e.g. the recipe every unit trains with; `hashed`: only those that
-        change results."""
+        """The fields of one group (see GROUPS; "data" is every field of no other group), e.g. the recipe every unit
+        trains with; `hashed`: only those that change results."""
+        grouped = {n for names in GROUPS.values() for n in names}
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.metadata["group"] == name and (f.metadata["hashed"] or not hashed)}
+                if (f.name in GROUPS[name] if name in GROUPS else f.name not in grouped)
+                and (f.metadata["hashed"] or not hashed)}
 
     def chosen_levels(self) -> list[int] | None:
         """The levels given with --levels, sorted; None when every planned level is wanted."""
@@ -151,7 +160,7 @@ class FindSettings:
 
 
 # `lth find` with no task: MiniLM on BBC News, offline, to 66% sparsity in minutes on 2 cores. The paper's
-# recipe (3 epochs a level, 10% of the weights a level) would take ~40 minutes here. The pooler stays
+# recipe (3 epochs a level, 10% of the weights a level) takes many times as long. The pooler stays
 # dense: this sentence-transformers checkpoint never trained it (weight std 0.009 against 0.04-0.1 in the
 # encoder), so global magnitude pruning deletes all of it by ~50% sparsity and the classifier sees a constant.
 DEMO = {"model": "minilm", "task": "bbc", "epochs": 1.0, "lr": 1e-4, "max_length": 128,
