@@ -12,7 +12,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from .core.errors import LthError, short_reason
-from .run.settings import FindSettings, find_settings
+from .run.settings import FindSettings, check_flags, find_settings
 
 
 def _flag_type(annotation: str):
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--fp16", action="store_true", help="store the compact model in fp16 (half the size)")
     ship.add_argument("--onnx", action="store_true", help="also write model.onnx, checked with ONNX Runtime")
     ship.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    ship.add_argument("--force", action="store_true", help="replace another export (or other files) in --to")
     look = sub.add_parser("inspect", help="what an artifact is, and its density per layer",
                           description="Describes an export folder, ticket.safetensors, a compact model, a model "
                           "folder, model.onnx, a run's mask.safetensors or a run directory.")
@@ -185,7 +186,7 @@ def cmd_verdict(args) -> None:
 def cmd_export(args) -> None:
     from .search.export import export
 
-    export(args.run, args.to, args.level, args.sparsity, args.fp16, args.onnx, args.threads)
+    export(args.run, args.to, args.level, args.sparsity, args.fp16, args.onnx, args.threads, args.force)
 
 
 def cmd_inspect(args) -> None:
@@ -198,6 +199,7 @@ def cmd_speed(args) -> None:
     import torch
 
     from .artifacts.hf import reload_hf
+    from .core.models import position_limit
     from .engine.bench import compare, table
     from .engine.engine import load_fast
     from .engine.kernels import backend
@@ -205,6 +207,9 @@ def cmd_speed(args) -> None:
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     fast = load_fast(args.export, args.precision)
+    if args.length > (limit := position_limit(fast.model)):
+        raise LthError(f"--length {args.length} is beyond what {args.export} takes ({limit} tokens, its position "
+                       f"embeddings); use --length {limit} or less")
     dense = reload_hf(fast.model.name_or_path, type(fast.model).__name__)
     print(f"sparse kernel: {backend()[1]}; {threads} threads, median of {args.repeats} interleaved rounds")
     print(table(compare(dense, fast, [(args.batch_size, args.length), (1, args.length)], args.repeats, threads)))
@@ -232,6 +237,7 @@ COMMANDS = {"find": cmd_find, "prunable": cmd_prunable, "verdict": cmd_verdict, 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_flags(vars(args))
         COMMANDS[args.command](args)
     except LthError as e:
         print(f"lth: error: {e}", file=sys.stderr)

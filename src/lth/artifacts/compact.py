@@ -13,7 +13,9 @@ from torch import nn
 from ..core import masks
 from ..core.errors import LthError
 from ..core.files import DamagedFile
+from ..core.models import read_config
 from ..core.tensors import load_tensors, save_tensors
+from .manifest import check_inside
 from .ticket import pack, read_meta, unpack
 
 COMPACT = "lth-compact/1"
@@ -47,11 +49,12 @@ def load_compact(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Mod
     file = folder / "compact.safetensors"
     if not file.is_file():
         raise LthError(f"no compact model at {folder}; give the compact/ folder that lth export wrote")
+    check_inside(folder)
     tensors, _ = load_tensors(file)
     meta = read_meta(file)
     if meta.get("format") != COMPACT:
         raise LthError(f"{file} is not an lth compact model (format {meta.get('format')!r})")
-    config = transformers.AutoConfig.from_pretrained(folder)
+    config = read_config(folder)
     model = getattr(transformers, config.architectures[0])(config)
     state = {}
     try:

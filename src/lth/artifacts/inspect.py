@@ -8,11 +8,11 @@ import torch
 
 from ..core import masks
 from ..core.errors import LthError
-from ..core.files import load_json
 from ..core.tensors import load_tensors
 from ..report.tables import align, pct
 from ..run.records import read_record
 from .compact import COMPACT
+from .manifest import RECORD, check_inside, verify
 from .ticket import TICKET, load_ticket, read_meta, unpack
 
 
@@ -23,11 +23,15 @@ def inspect(path: str | Path) -> str:
     if not path.exists():
         raise LthError(f"{path}: no such file or folder; give an export folder, a .safetensors file, a model "
                        "folder, an .onnx file or a run directory")
+    check_inside(path)
     if path.is_dir():
         for name, describe in (("ticket.json", _export), ("compact.safetensors", _compact_folder),
                                ("settings.json", _run), ("config.json", _hf_folder)):
             if (path / name).is_file():
                 return describe(path)
+        if (path / "ticket.safetensors").is_file() or (path / "model").is_dir() or (path / "compact").is_dir():
+            raise LthError(f"{path} is an incomplete export (it has no {RECORD}, which lth export writes last: the "
+                           "export was interrupted); rerun the same lth export command")
         raise LthError(f"{path} holds nothing lth wrote (no ticket.json, compact.safetensors, settings.json or "
                        "config.json)")
     if path.suffix == ".onnx":
@@ -81,9 +85,9 @@ def _describe(kind: str, path: Path, meta: dict, mask: masks.Mask) -> str:
 
 
 def _export(folder: Path) -> str:
-    info = load_json(folder / "ticket.json", {"files": dict})
+    info = verify(folder)  # every file's size and checksum: the sizes below are the files' own
     text = _tensor_file(folder / "ticket.safetensors")
-    files = "\n".join(f"  {name:<28} {size:,} bytes" for name, size in info["files"]["bytes"].items())
+    files = "\n".join(f"  {name:<28} {(folder / name).stat().st_size:,} bytes" for name in info["files"]["bytes"])
     metrics = "\n".join(f"  {name:<28} " + ", ".join(f"{k} {v:.4f}" for k, v in values.items() if v is not None)
                         for name, values in info["metrics"].items())
     return f"{folder}: a ticket exported by lth export\n{files}\ndev metrics:\n{metrics}\n\n{text}"

@@ -10,20 +10,22 @@ from safetensors import safe_open
 
 from ..core import masks
 from ..report.tables import pct
+from .manifest import checksums, exported_files
 from .ticket import entropy_bytes
 
 
 def sizes(to: Path, mask: masks.Mask, model, dtype: torch.dtype) -> dict:
-    """Bytes of every file written, and the bounds they are judged against."""
+    """Bytes and sha256 of every file written (ticket.json, written after, aside), and the bounds they are judged
+    against."""
     kept, total = masks.count(mask)
     params = {name for name, _ in model.named_parameters()}
     others = sum(t.numel() for name, t in model.state_dict().items() if name not in mask and name in params)
     width = torch.finfo(dtype).bits // 8
-    files = {str(p.relative_to(to)): p.stat().st_size for p in sorted(to.rglob("*")) if p.is_file()}
+    files = {p.relative_to(to).as_posix(): p.stat().st_size for p in exported_files(to)}
     with safe_open(to / "compact" / "compact.safetensors", "pt") as handle:  # the pruned matrices' share of it
         encoder = sum(math.prod(handle.get_slice(k).get_shape()) * _itemsize(handle.get_slice(k).get_dtype())
                       for k in handle.keys() if k.endswith(("::values", "::mask")))
-    return {"bytes": files, "compact_prunable_bytes": encoder, "prunable_weights": total, "kept_weights": kept,
+    return {"bytes": files, "sha256": checksums(to), "compact_prunable_bytes": encoder, "prunable_weights": total, "kept_weights": kept,
             "ticket_bits_bytes": math.ceil(total / 8), "ticket_entropy_bytes": round(entropy_bytes(mask)),
             "ticket_entropy_per_matrix_bytes": round(entropy_bytes(mask, per_matrix=True)),
             "compact_bound_bytes": kept * width + sum(math.ceil(m.numel() / 8) for m in mask.values()) + others * width,

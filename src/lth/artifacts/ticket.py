@@ -17,6 +17,7 @@ from ..core.files import DamagedFile
 from ..core.fingerprints import base_fingerprint
 from ..core.models import prunable_weights
 from ..core.tensors import load_tensors, save_tensors, verify_tensors
+from .manifest import check_inside
 
 TICKET = "lth-ticket/1"
 
@@ -100,6 +101,7 @@ def ticket_file(path: str | Path) -> Path:
         path = path / "ticket.safetensors"
     if not path.is_file():
         raise LthError(f"no ticket at {path}; give a ticket.safetensors or the folder lth export wrote")
+    check_inside(path)
     return path
 
 

@@ -23,6 +23,7 @@ def is_data_file(name: str) -> bool:
 def _lines(path: Path, tab: bool) -> Iterator[tuple[int, list[str]]]:
     """Non-empty records with the 1-based file line each starts on."""
     dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tab else {}
+    csv.field_size_limit(2**31 - 1)  # csv's default refuses a field over 128 KiB (a long document)
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, **dialect)
         start = 1

@@ -78,7 +78,8 @@ def unwritable(path: Path, exc: BaseException) -> LthError:
     code = getattr(exc, "errno", None)
     reason = getattr(exc, "strerror", None) or first_line(exc)
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "make the folder writable, or pass --runs-dir (or --to) with a folder you can write to"
+        fix = ("make the folder writable, or write somewhere else (lth find --runs-dir, lth export and lth report --to, "
+               "lth predict --output)")
     elif code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or "unexpected pos" in str(exc):
         fix = (f"free some space (the disk has {_free(path)} free) or lift the file-size limit, then rerun the "
                "same command: finished work is kept and the interrupted unit resumes")

@@ -63,11 +63,18 @@ def save(mask: Mask, path: str | Path, metadata: dict | None = None) -> str:
 
 
 def load(path: str | Path) -> Mask:
-    """A mask file, verified against its checksum."""
+    """A mask file, verified against its checksum: booleans, or numbers that are exactly 0 or 1 (anything else is
+    no mask, and a float in (0, 1) must not silently read as "kept")."""
     try:
         tensors, _ = load_tensors(path)
     except FileNotFoundError:
         raise LthError(f"no mask file at {path}; give the path of a mask.safetensors written by lth") from None
+    if not tensors:
+        raise LthError(f"{path} holds no tensors, so it is no mask; give a mask.safetensors written by lth")
+    for name, tensor in tensors.items():
+        if tensor.dtype != torch.bool and not bool(((tensor == 0) | (tensor == 1)).all()):
+            raise LthError(f"{path} is not a mask: {name} holds values other than 0 and 1 ({tensor.dtype}); a mask "
+                           "is booleans (or exactly 0 and 1), one per weight")
     return {k: v.bool() for k, v in tensors.items()}
 
 

@@ -50,6 +50,21 @@ def load_tokenizer(name: str):
                        "check the path or hub id (the hub needs a network)") from None
 
 
+def read_config(folder: Path):
+    """A model folder's config.json, or one line naming it when it cannot be read (damaged, or not a model's)."""
+    from transformers import AutoConfig
+
+    quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as e:  # transformers raises OSError, ValueError, JSONDecodeError...
+        raise LthError(f"{Path(folder) / 'config.json'} cannot be read as a model's configuration ({short_reason(e)}); "
+                       "replace the folder with an intact copy, or export the ticket again") from None
+    if not getattr(config, "architectures", None):
+        raise LthError(f"{Path(folder) / 'config.json'} names no model architecture; export the ticket again")
+    return config
+
+
 HEADS = {"classification": "AutoModelForSequenceClassification",
          "question-answering": "AutoModelForQuestionAnswering", "masked-LM": "AutoModelForMaskedLM"}
 
@@ -72,13 +87,13 @@ def load_model(name: str, head: str, seed: int, **head_kwargs) -> nn.Module:
                        "with an intact copy") from None
 
 
-def position_limit(model: nn.Module, tokenizer) -> int:
+def position_limit(model: nn.Module, tokenizer=None) -> int:
     """The longest input the model's position embeddings take (RoBERTa-style models reserve a few)."""
     config = model.config
     limit = getattr(config, "max_position_embeddings", None) or 10**9
     if config.model_type in OFFSET_POSITIONS:  # positions start after the padding index
         limit -= (config.pad_token_id or 0) + 1
-    return min(limit, int(getattr(tokenizer, "model_max_length", 10**9) or 10**9))
+    return min(limit, int(getattr(tokenizer, "model_max_length", None) or 10**9))
 
 
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "roberta-prelayernorm")
@@ -89,6 +104,17 @@ def check_max_length(max_length: int, model: nn.Module, tokenizer, name: str) ->
     if max_length > limit:
         raise LthError(f"--max-length {max_length} is beyond what {name} takes ({limit} tokens, its position "
                        f"embeddings); use --max-length {limit} or less")
+
+
+def patterns(given) -> list[re.Pattern]:
+    """--include/--exclude regexes, compiled; one line for one that is not a regex."""
+    compiled = []
+    for pattern in given:
+        try:
+            compiled.append(re.compile(pattern))
+        except (re.error, TypeError) as e:
+            raise LthError(f"--include/--exclude pattern {pattern!r} is not a valid regex: {e}") from None
+    return compiled
 
 
 def prunable_weights(model: nn.Module, include: list[str] = (), exclude: list[str] = ()) -> dict[str, nn.Parameter]:
@@ -102,10 +128,11 @@ def prunable_weights(model: nn.Module, include: list[str] = (), exclude: list[st
         inside_encoder = module_name.startswith(base + ".") if base else True
         if isinstance(module, nn.Linear) and inside_encoder and "embeddings" not in module_name:
             by_rule.add(f"{module_name}.weight")
+    include, exclude = patterns(include), patterns(exclude)
     chosen = {}
     for name, param in model.named_parameters():
-        wanted = name in by_rule or any(re.search(p, name) for p in include)
-        if wanted and not any(re.search(p, name) for p in exclude):
+        wanted = name in by_rule or any(p.search(name) for p in include)
+        if wanted and not any(p.search(name) for p in exclude):
             chosen[name] = param
     if not chosen:
         raise LthError("no prunable weights: the rule found no linear layers inside the encoder and "

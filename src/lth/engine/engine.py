@@ -12,11 +12,12 @@ import torch
 import transformers
 from torch import nn
 
+from ..artifacts.manifest import check_inside
 from ..artifacts.ticket import read_meta
 from ..core.devices import auto_precision, autocast
 from ..core.errors import LthError
 from ..core.files import load_json
-from ..core.models import quiet_transformers
+from ..core.models import quiet_transformers, read_config
 from .layers import lean_layers
 from .sparse import SparseLinear, sparsify
 
@@ -59,7 +60,8 @@ def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
     folder = folder / "model" if (folder / "model" / "config.json").is_file() else folder
     if not (folder / "config.json").is_file():
         raise LthError(f"no model at {path}; give a folder written by lth export (or its model/ folder)")
-    config = transformers.AutoConfig.from_pretrained(folder)
+    check_inside(folder)
+    config = read_config(folder)
     try:
         model = getattr(transformers, config.architectures[0]).from_pretrained(folder, attn_implementation="eager")
     except Exception as exc:  # a damaged or foreign folder
@@ -82,6 +84,7 @@ def _bf16_keeps_the_metric(export: Path) -> bool:
 
 def _pruned_names(export: Path) -> list[str] | None:
     """The weights the ticket prunes, when the folder is an export with its ticket."""
+    check_inside(export / "ticket.safetensors")  # an export's ticket, damaged or missing, is named
     if not (export / "ticket.safetensors").is_file():
         return None
     return list(read_meta(export / "ticket.safetensors")["shapes"])

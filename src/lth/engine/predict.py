@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -18,6 +19,9 @@ def predict_file(path: str | Path, source: str, target: str, text_column: str = 
                  pair_column: str | None = None, batch_size: int = 64, precision: str = "auto") -> int:
     """Label every row of a .csv/.tsv/.jsonl file with an exported classifier on the fast engine (`precision` as
     in load_fast); writes a TSV of row, label and the scores; returns the rows written."""
+    if Path(target).exists() and Path(source).exists() and os.path.samefile(target, Path(source).expanduser()):
+        raise LthError(f"--output {target} is the --input file itself (through a link or not): it would be overwritten; "
+                       "write the labels to another file")
     fast = load_fast(path, precision)
     if not hasattr(fast.model, "num_labels") or "ForSequenceClassification" not in type(fast.model).__name__:
         raise LthError(f"lth predict labels text with a classifier; {path} holds a {type(fast.model).__name__}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import masks
+from ..core.console import say
 from ..core.files import atomic_path
 from ..core.version import __version__
 from ..run.summary import RunView, read_run
@@ -70,6 +71,8 @@ def report(runs: list[str], to: str) -> Path:
         run_section(page, view)
     if any(v.transfers for v in views) or len(views) > 1:
         across_runs(page, views)
+    if (page.to / "index.html").exists():
+        say(f"note: {page.to / 'index.html'} held an earlier report; it is replaced")
     with atomic_path(page.to / "index.html") as tmp:
         tmp.write_text(document(page, views))
     return page.to / "index.html"

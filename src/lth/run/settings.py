@@ -11,6 +11,7 @@ from pathlib import Path
 from ..core.datafiles import FORMATS as DATA_FILES
 from ..core.devices import auto_precision, resolve_device
 from ..core.errors import LthError
+from ..core.models import patterns
 from .kinds import BASELINES
 
 SCHEDULES = ("original", "remaining")
@@ -113,7 +114,7 @@ class FindSettings:
         validate(self)
         if self.precision == "auto":  # resolved before hashing: bf16 and fp32 runs give different numbers
             self.precision = auto_precision(resolve_device(self.device))
-        if self.precision == "fp16" and self.device == "cpu":
+        if self.precision == "fp16" and resolve_device(self.device).type == "cpu":
             raise LthError("--precision fp16 is for GPUs (CPU autocast in fp16 is slow and unscaled); use bf16 or fp32")
 
     def hashed(self) -> dict:
@@ -203,6 +204,20 @@ RANGES = {
 }
 
 
+# The same ranges for the flags of the other commands (speed, predict, export), which are not search settings.
+COMMAND_RANGES = {**RANGES, "repeats": AT_LEAST_1, "level": AT_LEAST_0,
+                  "length": (WHOLE, lambda v: v >= 1, "1 or more tokens"),
+                  "sparsity": (REAL, lambda v: 0 <= v < 1, "in [0, 1): the fraction of prunable weights removed")}
+
+
+def check_flags(values: dict) -> None:
+    """Every numeric flag a command was given, against its range (strings, such as a list of levels, are checked
+    where they are parsed)."""
+    for name, value in values.items():
+        if name in COMMAND_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_number("--" + name.replace("_", "-"), value, COMMAND_RANGES[name])
+
+
 def check_number(flag: str, value, rule: tuple) -> None:
     """One line naming the flag, the value and the allowed range, for a value of the wrong type or range."""
     kind, test, allowed = rule
@@ -234,11 +249,7 @@ def validate(s: FindSettings) -> None:
            f"--doc-stride {s.doc_stride} must be smaller than --max-length {s.max_length}")
     _check(s.task != "squad" or bool(re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", str(s.split_articles))),
            f"--split-articles {s.split_articles!r} is not TRAIN:EVAL; use article counts, e.g. 40:8")
-    for pattern in [*s.include, *s.exclude]:
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as e:
-            raise LthError(f"--include/--exclude pattern {pattern!r} is not a valid regex: {e}") from None
+    patterns([*s.include, *s.exclude])
 
 
 def parse_levels(text: str) -> list[int]:

@@ -17,6 +17,8 @@ import torch
 
 from ..artifacts.compact import load_compact, save_compact
 from ..artifacts.hf import reload_hf, save_hf_folder
+from ..artifacts.manifest import CHECKPOINT, RECORD, verify
+from ..artifacts.manifest import read_record as read_export
 from ..artifacts.onnx import export_onnx
 from ..artifacts.sizes import export_report, sizes
 from ..artifacts.ticket import save_ticket
@@ -32,27 +34,37 @@ from ..engine.engine import load_fast
 from ..report.tables import pct
 from ..run.layout import level_dir
 from ..run.records import read_record
-from ..run.settings import FindSettings
+from ..run.settings import FindSettings, check_number
 from ..run.summary import read_settings
 from .search import Search, open_search
 
 
 def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: float | None = None,
-           fp16: bool = False, onnx: bool = False, threads: int | None = None) -> dict:
-    """Write a level's ticket, trained model, compact model (and ONNX model); returns what ticket.json holds."""
+           fp16: bool = False, onnx: bool = False, threads: int | None = None, force: bool = False) -> dict:
+    """Write a level's ticket, trained model, compact model (and ONNX model); returns what ticket.json holds.
+
+    The run is only read (the level's kept weights, final.safetensors, are the one file written into it). `to`
+    already holding this export, complete and intact, is left as it is; holding another export or other files, it
+    is refused unless `force`."""
     run, to = Path(run).expanduser(), Path(to).expanduser()
     info = read_settings(run)
+    if sparsity is not None:
+        check_number("--sparsity", sparsity, (float, lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.7"))
     level = choose_level(run, level, sparsity)
     record = read_record(level_dir(run, level) / "metrics.json")
-    settings = FindSettings(**{**info["settings"], "runs_dir": str(run.parent), "levels": None, "baselines": None,
-                               "seeds": None, **({"threads": threads} if threads else {})})
-    search = open_search(settings, judging=False)
-    if search.run.resolve() != run.resolve():
-        raise LthError(f"the settings recorded in {run} now make another run ({search.run.name}): its data or model "
-                       "changed since; restore them to export from this run")
+    identity = {"run": run_identity(info), "level": level}
+    options = {"fp16": fp16, "onnx": onnx}
+    kept = existing_export(to, identity, options, force)
+    if kept is not None:
+        print(f"{to} already holds this export (level {level} of {run.name}), complete and intact: nothing to do")
+        return kept
+    settings = FindSettings(**{**info["settings"], "levels": None, "baselines": None, "seeds": None,
+                               **({"threads": threads} if threads else {})})
+    search = open_search(settings, judging=False, at=run)
     mask = search.mask(level)
-    metrics = trained(search, level, record)
     to.mkdir(parents=True, exist_ok=True)
+    metrics = trained(search, level, record, to / CHECKPOINT)
+    (to / RECORD).unlink(missing_ok=True)  # until the new one is written, the folder reads as an incomplete export
     about = describe(search, level, record)
     save_ticket(mask, to / "ticket.safetensors", about)
     head = HEADS[search.task.head]
@@ -62,7 +74,12 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
     search.model.config.save_pretrained(to / "compact")
     search.tokenizer.save_pretrained(to / "compact")
     share(to / "compact")
-    result = {**about, "head": head, "files": {}, "metrics": {"run": record["metrics"], "retrained": metrics}}
+    if onnx:
+        onnx_check = export_onnx(search.model, next(iter(search.evals.values())), search.pad_id, to / "model.onnx")
+    else:
+        (to / "model.onnx").unlink(missing_ok=True)  # an earlier export's, with --onnx
+    result = {**about, "export": {**identity, **options}, "head": head, "files": {},
+              "metrics": {"run": record["metrics"], "retrained": metrics}}
     result["metrics"]["model"] = search.evaluate("exported model", reload_hf(to / "model", head))
     result["metrics"][f"compact ({'fp16' if fp16 else 'fp32'})"] = search.evaluate("compact", load_compact(to / "compact"))
     engine = fast_engine(search, to, result["metrics"]["model"])
@@ -71,11 +88,46 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
         if "metrics" in engine:
             result["metrics"][f"fast engine ({engine['precision']})"] = engine["metrics"]
     if onnx:
-        result["onnx"] = export_onnx(search.model, next(iter(search.evals.values())), search.pad_id, to / "model.onnx")
+        result["onnx"] = onnx_check
     result["files"] = sizes(to, mask, search.model, dtype)
-    save_json(result, to / "ticket.json")
+    save_json(result, to / RECORD)
     print(export_report(result, to, TOLERANCE_POINTS))
     return result
+
+
+def run_identity(info: dict) -> dict:
+    """What identifies a run wherever its folder is: the settings that change results, the data and θ0."""
+    return {key: info.get(key) for key in ("settings_digest", "data_fingerprint", "init_sha256")}
+
+
+def existing_export(to: Path, identity: dict, options: dict, force: bool) -> dict | None:
+    """ticket.json's content when `to` already holds this export with these options, complete and intact (nothing
+    to do); None when the export is to be written; refused when `to` holds something else and not `force`."""
+    if not to.exists() or not any(to.iterdir()):
+        return None
+    if not to.is_dir():
+        raise LthError(f"--to {to} is a file; give a folder (new, or an earlier export of the same level)")
+    if not (to / RECORD).is_file():
+        if force or any((to / name).exists() for name in ("ticket.safetensors", "model", "compact", CHECKPOINT)):
+            return None  # an interrupted export: written again
+        raise LthError(f"--to {to} is not empty and holds no lth export; choose a new or empty folder, or pass --force "
+                       "to write the export into it")
+    try:
+        info = read_export(to)
+    except LthError:
+        return None  # a damaged ticket.json: the export is written again
+    previous = info.get("export", {})
+    same = {k: previous.get(k) for k in identity} == identity
+    if not same and not force:
+        raise LthError(f"--to {to} holds another export (level {info.get('level')} of {info.get('run')}); choose "
+                       "another folder, or pass --force to replace it")
+    if same and {k: previous.get(k) for k in options} == options:
+        try:
+            verify(to)
+            return info
+        except LthError as damage:
+            say(f"note: {damage}; writing the export again")
+    return None
 
 
 TOLERANCE_POINTS = 0.2  # how far bf16 may move the dev metric before the engine runs the ticket in fp32
@@ -113,21 +165,26 @@ def choose_level(run: Path, level: int | None, sparsity: float | None) -> int:
     return level
 
 
-def trained(search: Search, level: int, record: dict) -> dict:
-    """Put the level's trained weights into search.model (kept, or trained again); returns their dev metrics."""
+def trained(search: Search, level: int, record: dict, checkpoint: Path) -> dict:
+    """Put the level's trained weights into search.model (kept, or trained again, resumable from `checkpoint`);
+    returns their dev metrics."""
     final = level_dir(search.run, level) / "final.safetensors"
     if final.exists():
         load_into(search.model, final)
         return search.evaluate(f"level {level}")
     unit = search.kind_units("trunk", [level])[0]
     say(f"training level {level} again from the run's rewind point to get its weights (the run keeps only masks)")
-    search.train_unit(unit, unit.where / "export.checkpoint.pt", desc=f"level {level} export train", keep_rewind=False)
+    search.train_unit(unit, checkpoint, desc=f"level {level} export train", keep_rewind=False)
     metrics = search.evaluate(f"level {level}")
     if metrics != record["metrics"]:
         say(f"warning: the retrained level {level} scores {metrics}, the run recorded {record['metrics']}: this machine "
             "computes differently from the one that ran the search; the export keeps the weights it trained")
-    save_model(search.model, final)
-    (unit.where / "export.checkpoint.pt").unlink(missing_ok=True)
+    try:
+        save_model(search.model, final)
+    except LthError as refused:  # a read-only run: the export goes on, the next one trains again
+        say(f"note: the trained weights are not kept in the run ({refused}); the next export of this level trains "
+            "them again")
+    checkpoint.unlink(missing_ok=True)
     return metrics
 
 
@@ -139,7 +196,7 @@ def describe(search: Search, level: int, record: dict) -> dict:
     return {"base_model": s.model, "base_name": getattr(search.model.config, "_name_or_path", s.model),
             "base_fingerprints": fingerprints, "base_fingerprint": combined(fingerprints),
             "rule": {"include": s.include, "exclude": s.exclude}, "task": search.task.name, "level": level,
-            "metrics": record["metrics"], "run": search.run.name,
+            "metrics": record["metrics"], "run": search.name,
             "schedule": {"schedule": s.schedule, "rate": s.rate, "strategy": s.strategy,
                          "rewind_step": s.rewind_step},
             "recipe": {**s.group("recipe", hashed=True), "max_length": s.max_length},

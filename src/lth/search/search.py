@@ -35,11 +35,13 @@ from .queue import work
 from .train import Recipe, finetune
 
 
-def open_search(s: FindSettings, judging: bool = True) -> "Search":
+def open_search(s: FindSettings, judging: bool = True, at: Path | None = None) -> "Search":
     """Load the task and the model, find or create the run directory, and restore θ0.
 
     Everything that can be refused is checked before a file is written. `judging`: this call chooses the
-    levels that get seeds and baselines (a transfer leaves the search's own choice as it was)."""
+    levels that get seeds and baselines (a transfer leaves the search's own choice as it was). `at`: an existing
+    run, opened read-only wherever its folder now is (export): it is identified by its contents (settings and
+    data), not by its folder's name, and nothing in it is written."""
     torch.set_num_threads(s.threads or os.cpu_count() or 1)
     ranks = start(s.device)
     only_main_writes(ranks.main)
@@ -51,7 +53,8 @@ def open_search(s: FindSettings, judging: bool = True) -> "Search":
     task = build_task(s)
     tokenizer = load_tokenizer(s.model)
     data = task.fingerprint()
-    run = Path(s.runs_dir) / run_name(task.name, s.model, s.digest(data))
+    name = run_name(task.name, s.model, s.digest(data))  # what the run is called wherever its folder now is
+    run = at if at is not None else Path(s.runs_dir) / name
     say(f"run {run}")
     model = task.load_model(s.model, s.seed)
     check_max_length(s.max_length, model, tokenizer, s.model)
@@ -59,7 +62,12 @@ def open_search(s: FindSettings, judging: bool = True) -> "Search":
     for note in task.notes:
         say(f"note: {note}")
     search = Search(s, task, tokenizer, model, weights, run, ranks)
+    search.name = name
     previous = _previous_settings(run, data)
+    if at is not None:
+        _same_run(run, s, previous)
+        load_into(model, run / "init.safetensors")
+        return search
     _note_other_data(run, s, data)
     for leftover in sweep(run) if run.exists() else []:
         say(f"removed {leftover}, left by an interrupted writer")
@@ -74,6 +82,22 @@ def open_search(s: FindSettings, judging: bool = True) -> "Search":
     say(f"model {s.model}: {len(weights)} prunable matrices, {total:,} weights "
         f"of {sum(p.numel() for p in model.parameters()):,} parameters")
     return search
+
+
+def _same_run(run: Path, s: FindSettings, previous: dict) -> None:
+    """An existing run is the one these settings describe: the same settings that change results, on the same
+    data (checked by _previous_settings), from the same θ0."""
+    if not previous:
+        raise LthError(f"{run} is not a run directory (it has no settings.json); give a folder that lth find printed")
+    if previous.get("settings_digest", s.digest(data="")) != s.digest(data=""):
+        raise LthError(f"{run}: its settings.json does not describe the run it holds (its digest differs); the file "
+                       "was edited: restore it")
+    path = run / "init.safetensors"
+    if not path.is_file():
+        raise LthError(f"{run} has no init.safetensors (its rewind point); rerun the lth find command that made it")
+    if previous.get("init_sha256") not in (None, verify_tensors(path).get(CHECKSUM)):
+        raise LthError(f"{path} is not the rewind point this run recorded (its checksum differs); rerun the lth find "
+                       "command that made the run, which rebuilds it")
 
 
 def _previous_settings(run: Path, data: str) -> dict:
@@ -110,6 +134,7 @@ class Search(Plan):
         super().__init__(s, run)
         self.task, self.model, self.weights, self.tokenizer = task, model, weights, tokenizer
         self.ranks = ranks or Ranks()
+        self.name = run.name  # open_search names it by its contents (a copied run keeps its name)
         self.masks = Masks(self, weights)
         self.pad_id = tokenizer.pad_token_id or 0
         self.recipe = Recipe(**s.group("recipe"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts.ticket import TICKET, load_ticket
 from ..core import masks
 from ..core.console import say
 from ..core.errors import LthError
@@ -92,8 +93,11 @@ def _run_sources(run: Path, levels: list[int] | None, sparsities: list[float] | 
 
 
 def _file_source(path: Path) -> Source:
-    mask = masks.load(path)
     meta = verify_tensors(path)
+    if meta.get("format") == json.dumps(TICKET):  # an exported ticket: bit-packed, with its base's fingerprints
+        mask, info = load_ticket(path)
+        return Source(str(path), mask, info.get("base_fingerprints"), info.get("base_model", "an unknown model"))
+    mask = masks.load(path)
     base = json.loads(meta["base"]) if "base" in meta else None
     run = next((p for p in path.parents if (p / "settings.json").is_file() and (p / "init.safetensors").is_file()),
                None)

@@ -19,6 +19,7 @@ from ..run.layout import random_dir, transfer_dir
 from ..run.settings import find_settings
 from ..run.units import Unit
 from ..run.verdict import outcomes, summarize
+from ..tasks import build_task
 from .search import Search, open_search
 from .sources import Source, adapt, resolve_sources
 
@@ -70,8 +71,13 @@ def transfer(sources: list[str] | str, task: str, level: str | int | None = None
         raise LthError(f"--sparsity {sparsity}: each must be a fraction in (0, 1), e.g. 0.5,0.7")
     resolved = [src for spec in specs for src in resolve_sources(spec, levels, sparsities)]
     flags.setdefault("seeds", 3)
+    targets = [t.strip() for t in task.split(",") if t.strip()]
+    if not targets:
+        raise LthError(f"--task {task!r} names no task; give one or several, e.g. mrpc,stsb")
+    for target in targets:  # every target's settings and data are checked before the first unit trains
+        build_task(find_settings(task=target, **flags))
     summaries, cells = {}, []
-    for target in [t.strip() for t in task.split(",") if t.strip()]:
+    for target in targets:
         search = open_search(find_settings(task=target, **flags), judging=False)
         base = base_fingerprint(search.weights)  # θ0's values: nothing has been trained yet
         units, entries = search.dense_units(), []

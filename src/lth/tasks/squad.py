@@ -58,6 +58,8 @@ def _add_questions(examples: list[dict], title: str, paragraph: dict, path: str)
         context, qas = paragraph["context"], paragraph["qas"]
         skipped = 0
         for qa in qas:
+            if not isinstance(qa["question"], str) or not isinstance(context, str):
+                raise TypeError(f"question {qa.get('id')!r} has no text")
             answers = [a for a in qa["answers"] if _matches(context, a)]
             skipped += len(qa["answers"]) - len(answers)
             if answers:

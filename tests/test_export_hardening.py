@@ -1,0 +1,321 @@
+"""Hardening, part two: an export is verified as a whole, export only reads its run and refuses to overwrite what it
+did not write, every flag of every command goes through the one table of ranges, masks are read strictly, and
+predict never overwrites its input. Bad input is one line (exit 2), never a traceback."""
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import lth
+from lth.artifacts.compact import load_compact
+from lth.cli import main
+from lth.core import masks
+from lth.core.tensors import save_tensors
+from tiny import make_tiny, toy_task
+
+RECIPE = dict(epochs=4, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, max_sparsity=0.8, precision="fp32",
+              threads=1)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    train, dev = toy_task(root / "data")
+    model = make_tiny(root / "model")
+    run = Path(lth.find(model=model, task=train, eval=dev, runs_dir=str(root / "runs"), **RECIPE)["run"])
+    lth.export(run, root / "level2", level=2, onnx=True)
+    lth.export(run, root / "level1", level=1)
+    return {"root": root, "run": run, "model": model, "train": train, "dev": dev}
+
+
+def one_line_error(argv: list[str], capsys) -> str:
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "internal error" not in err, err
+    return err
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with the hash of its bytes."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# -- 1. an export is verified as a whole ------------------------------------------------------------------------
+
+def exported_files(made) -> list[str]:
+    return list(json.loads((made["root"] / "level2" / "ticket.json").read_text())["files"]["sha256"])
+
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "delete":
+        path.unlink()
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # one bit, keeping the size
+        path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+
+
+def test_the_export_records_the_checksum_of_every_file_it_wrote(made):
+    info = json.loads((made["root"] / "level2" / "ticket.json").read_text())
+    listed = info["files"]["sha256"]
+    assert set(listed) == set(info["files"]["bytes"]) and "ticket.json" not in listed
+    on_disk = tree(made["root"] / "level2")
+    assert {name: on_disk[name] for name in listed} == listed
+    assert {"ticket.safetensors", "model/model.safetensors", "model/config.json", "compact/compact.safetensors",
+            "compact/config.json", "model.onnx"} <= set(listed)
+    assert set(on_disk) - set(listed) == {"ticket.json"}, "every file but ticket.json itself is listed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["truncate", "flip", "delete", "empty"])
+def test_every_damaged_file_of_an_export_is_named_by_inspect_and_every_loader(made, tmp_path, capsys, how):
+    """Each file an export writes, damaged four ways: inspect names it; so does each loader that reads it (load_fast
+    and predict read model/ and the ticket, load_compact compact/, apply_ticket the ticket)."""
+    tried = 0
+    for name in exported_files(made):
+        copy = tmp_path / f"{how}-{name.replace('/', '-')}"
+        shutil.copytree(made["root"] / "level2", copy)
+        damage(copy / name, how)
+        assert name in one_line_error(["inspect", str(copy)], capsys)
+        tried += 1
+        if name.startswith("model/") or name == "ticket.safetensors":
+            with pytest.raises(lth.LthError, match=name.split("/")[-1]):
+                lth.load_fast(copy)
+            err = one_line_error(["predict", str(copy), "--input", made["dev"], "--output", str(tmp_path / "o.tsv")],
+                                 capsys)
+            assert name.split("/")[-1] in err
+            tried += 2
+        if name.startswith("compact/"):
+            with pytest.raises(lth.LthError, match=name.split("/")[-1]):
+                load_compact(copy)
+            tried += 1
+        if name == "ticket.safetensors":
+            model = AutoModelForSequenceClassification.from_pretrained(made["model"], num_labels=2)
+            with pytest.raises(lth.LthError, match="ticket.safetensors"):
+                lth.apply_ticket(model, copy)
+            tried += 1
+        shutil.rmtree(copy)
+    assert tried >= 20
+
+
+def test_a_file_swapped_in_from_another_export_is_refused(made, tmp_path, capsys):
+    for name in ("ticket.json", "ticket.safetensors", "model/model.safetensors", "compact/compact.safetensors"):
+        copy = tmp_path / name.replace("/", "-")
+        shutil.copytree(made["root"] / "level2", copy)
+        shutil.copy(made["root"] / "level1" / name, copy / name)
+        err = one_line_error(["inspect", str(copy)], capsys)
+        assert "does not match ticket.json" in err or "bytes, ticket.json records" in err, err
+        with pytest.raises(lth.LthError, match="ticket.json"):
+            load_compact(copy) if name.startswith("compact/") else lth.load_fast(copy)
+
+
+def test_inspect_shows_the_files_own_sizes(made, capsys):
+    assert main(["inspect", str(made["root"] / "level2")]) == 0
+    out = capsys.readouterr().out
+    for name in exported_files(made):
+        assert f"{(made['root'] / 'level2' / name).stat().st_size:,} bytes" in out
+
+
+def test_a_damaged_config_outside_an_export_is_one_line(made, tmp_path):
+    shutil.copytree(made["root"] / "level2" / "model", tmp_path / "model")
+    shutil.copytree(made["root"] / "level2" / "compact", tmp_path / "compact")
+    for folder, load in (("model", lth.load_fast), ("compact", load_compact)):
+        (tmp_path / folder / "config.json").write_text('{"architectures": ["BertForSequenceClassification"], "hid')
+        with pytest.raises(lth.LthError, match="config.json cannot be read as a model's configuration"):
+            load(tmp_path / folder)
+
+
+# -- 2. export reads its run, and writes only where it may ----------------------------------------------------
+
+def test_export_writes_nothing_into_the_run_but_the_kept_weights(made, tmp_path):
+    before = tree(made["run"])
+    lth.export(made["run"], tmp_path / "again", level=2)  # level 2 kept its weights: nothing at all is written
+    assert tree(made["run"]) == before
+    (made["run"] / "level_01" / "final.safetensors").unlink()
+    before = tree(made["run"])
+    lth.export(made["run"], tmp_path / "retrained", level=1)
+    after = tree(made["run"])
+    assert set(after) - set(before) == {"level_01/final.safetensors"} and all(after[k] == v for k, v in before.items())
+    assert not list(tmp_path.rglob(".lth-export.checkpoint.pt")), "the retraining's checkpoint is removed"
+
+
+def test_a_read_only_run_is_exported_without_keeping_weights(made, tmp_path, monkeypatch, capsys):
+    import lth.search.export as export
+
+    def refuse(model, path, metadata=None):
+        raise lth.LthError(f"cannot write {path}: Read-only file system; make the folder writable")
+
+    (made["run"] / "level_01" / "final.safetensors").unlink(missing_ok=True)
+    monkeypatch.setattr(export, "save_model", refuse)
+    result = lth.export(made["run"], tmp_path / "ro", level=1)
+    assert "the trained weights are not kept in the run" in capsys.readouterr().out
+    assert result["metrics"]["retrained"] == result["metrics"]["run"]
+    assert not (made["run"] / "level_01" / "final.safetensors").exists()
+
+
+def test_a_copied_and_renamed_run_exports_the_same_ticket(made, tmp_path):
+    copy = tmp_path / "somewhere" / "my-run"
+    shutil.copytree(made["run"], copy)
+    result = lth.export(copy, tmp_path / "from-copy", level=2)
+    assert not [p for p in copy.parent.iterdir() if p != copy], "no new run folder beside it"
+    mine = tree(tmp_path / "from-copy")
+    theirs = tree(made["root"] / "level2")
+    assert mine["ticket.safetensors"] == theirs["ticket.safetensors"]
+    assert mine["model/model.safetensors"] == theirs["model/model.safetensors"]
+    assert result["run"] == made["run"].name, "the ticket names the run it was found in, not the copy's folder"
+
+
+def test_a_second_export_into_a_complete_folder_changes_no_byte(made, capsys):
+    to = made["root"] / "level2"
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in to.rglob("*") if p.is_file()}
+    assert main(["export", str(made["run"]), "--level", "2", "--to", str(to), "--onnx"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in to.rglob("*") if p.is_file()} == before
+
+
+def test_another_export_or_foreign_files_in_to_are_refused_unless_forced(made, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(made["root"] / "level1", other)
+    err = one_line_error(["export", str(made["run"]), "--level", "2", "--to", str(other)], capsys)
+    assert "holds another export (level 1" in err and "--force" in err
+    assert tree(other) == tree(made["root"] / "level1"), "nothing was touched"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert "holds no lth export" in one_line_error(["export", str(made["run"]), "--level", "2", "--to",
+                                                    str(foreign)], capsys)
+    assert main(["export", str(made["run"]), "--level", "2", "--to", str(other), "--force"]) == 0
+    assert json.loads((other / "ticket.json").read_text())["level"] == 2
+    assert not (other / "model.onnx").exists() or "model.onnx" in json.loads((other / "ticket.json").read_text())[
+        "files"]["sha256"]
+
+
+def test_a_killed_export_is_incomplete_for_inspect_and_the_rerun_finishes_it(made, tmp_path, capsys):
+    to = tmp_path / "killed"
+    shutil.copytree(made["root"] / "level1", to)
+    (to / "ticket.json").unlink()  # what a kill leaves: ticket.json is written last
+    assert "incomplete export" in one_line_error(["inspect", str(to)], capsys)
+    assert main(["export", str(made["run"]), "--level", "1", "--to", str(to)]) == 0
+    assert main(["inspect", str(to)]) == 0
+
+
+# -- 3. every flag of every command goes through the one table ------------------------------------------------
+
+def test_every_numeric_flag_of_every_command_is_checked(made, tmp_path, capsys):
+    run, to, dev = str(made["run"]), str(made["root"] / "level2"), made["dev"]
+    out = str(tmp_path / "o.tsv")
+    cases = [
+        (["export", run, "--sparsity", "1.5", "--to", str(tmp_path / "e")], "--sparsity 1.5"),
+        (["export", run, "--sparsity", "nan", "--to", str(tmp_path / "e")], "--sparsity nan"),
+        (["export", run, "--sparsity", "-0.1", "--to", str(tmp_path / "e")], "--sparsity -0.1"),
+        (["export", run, "--level", "-1", "--to", str(tmp_path / "e")], "--level -1"),
+        (["export", run, "--level", "2", "--threads", "0", "--to", str(tmp_path / "e")], "--threads 0"),
+        (["predict", to, "--input", dev, "--output", out, "--batch-size", "0"], "--batch-size 0"),
+        (["predict", to, "--input", dev, "--output", out, "--batch-size", "-3"], "--batch-size -3"),
+        (["speed", to, "--repeats", "0"], "--repeats 0"),
+        (["speed", to, "--length", "0"], "--length 0"),
+        (["speed", to, "--length", "100000"], "--length 100000 is beyond"),
+        (["speed", to, "--batch-size", "0"], "--batch-size 0"),
+        (["speed", to, "--threads", "-1"], "--threads -1"),
+        (["transfer", run, "--level", "1", "--task", made["train"], "--eval", dev, "--seeds", "0"], "--seeds 0"),
+        (["transfer", run, "--level", "1", "--task", made["train"], "--eval", dev, "--lr", "-1"], "--lr -1"),
+        (["prunable", "--model", made["model"], "--include", "("], "is not a valid regex"),
+    ]
+    for argv, message in cases:
+        assert message in one_line_error(argv, capsys), argv
+    assert not (tmp_path / "e").exists(), "nothing was written"
+
+
+def test_a_bad_transfer_target_is_refused_before_anything_trains(made, tmp_path, monkeypatch, capsys):
+    import lth.search.search as search
+
+    monkeypatch.setattr(search, "finetune", lambda *a, **k: pytest.fail("a unit trained before the typo was seen"))
+    err = one_line_error(["transfer", str(made["run"]), "--level", "1", "--task", f"{made['train']},bogus",
+                          "--eval", made["dev"], "--runs-dir", str(tmp_path)], capsys)
+    assert "unknown task 'bogus'" in err
+
+
+def test_fp16_is_refused_on_a_cpu_whatever_device_flag(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: fp16 is allowed there")
+    for device in ("auto", "cpu"):
+        with pytest.raises(lth.LthError, match="fp16 is for GPUs"):
+            lth.FindSettings(task="mrpc", precision="fp16", device=device)
+
+
+def test_a_squad_question_without_text_is_one_line(tmp_path):
+    from lth.tasks.squad import load_squad
+
+    data = {"data": [{"title": "t", "paragraphs": [{"context": "some text here", "qas": [
+        {"id": "q1", "question": None, "answers": [{"text": "text", "answer_start": 5}]}]}]}]}
+    (tmp_path / "squad.json").write_text(json.dumps(data))
+    with pytest.raises(lth.LthError, match="question 'q1' has no text"):
+        load_squad(str(tmp_path / "squad.json"))
+
+
+# -- 4. masks are read strictly ---------------------------------------------------------------------------------
+
+def test_a_mask_of_fractions_is_refused_and_exact_zeros_and_ones_are_read(made, tmp_path, capsys):
+    mask = masks.load(made["run"] / "level_02" / "mask.safetensors")
+    fractions = {k: torch.rand(v.shape) for k, v in mask.items()}
+    save_tensors(fractions, tmp_path / "fractions.safetensors")
+    with pytest.raises(lth.LthError, match="holds values other than 0 and 1"):
+        masks.load(tmp_path / "fractions.safetensors")
+    err = one_line_error(["transfer", str(tmp_path / "fractions.safetensors"), "--task", made["train"], "--eval",
+                          made["dev"], "--runs-dir", str(tmp_path / "runs")], capsys)
+    assert "not a mask" in err
+    save_tensors({k: v.float() for k, v in mask.items()}, tmp_path / "floats.safetensors")
+    assert all(torch.equal(masks.load(tmp_path / "floats.safetensors")[k], mask[k]) for k in mask)
+    save_tensors({}, tmp_path / "empty.safetensors")
+    assert "holds no tensors" in one_line_error(["transfer", str(tmp_path / "empty.safetensors"), "--task",
+                                                 made["train"], "--eval", made["dev"]], capsys)
+
+
+def test_an_exported_ticket_is_a_transfer_source(made):
+    from lth.search.sources import resolve_sources
+
+    (ticket,) = resolve_sources(str(made["root"] / "level2" / "ticket.safetensors"), None, None)
+    (level,) = resolve_sources(str(made["run"]), [2], None)
+    assert ticket.mask.keys() == level.mask.keys() and all(torch.equal(ticket.mask[k], level.mask[k]) for k in
+                                                          ticket.mask)
+    assert ticket.base == level.base, "the ticket's fingerprints of its base are checked like a run's"
+
+
+# -- 5. predict never overwrites its input ------------------------------------------------------------------------
+
+def test_predict_refuses_to_write_over_its_input(made, tmp_path, capsys):
+    data = tmp_path / "in.csv"
+    shutil.copy(made["dev"], data)
+    before = data.read_bytes()
+    (tmp_path / "link.csv").symlink_to(data)
+    os.link(data, tmp_path / "hard.csv")
+    for output in (data, tmp_path / "link.csv", tmp_path / "hard.csv"):
+        err = one_line_error(["predict", str(made["root"] / "level2"), "--input", str(data), "--output", str(output)],
+                             capsys)
+        assert "is the --input file itself" in err
+    assert data.read_bytes() == before
+
+
+def test_a_tsv_cell_over_128_kib_is_read(made, tmp_path, capsys):
+    data = tmp_path / "long.tsv"
+    data.write_text("text\n" + "good " * 40_000 + "\nbad film\n")
+    assert main(["predict", str(made["root"] / "level2"), "--input", str(data), "--output", str(tmp_path / "o.tsv")]) == 0
+    assert len((tmp_path / "o.tsv").read_text().splitlines()) == 3
+
+
+# -- 7. smaller --------------------------------------------------------------------------------------------------
+
+def test_report_says_when_it_replaces_an_earlier_page(made, tmp_path, capsys):
+    assert main(["report", str(made["run"]), "--to", str(tmp_path / "page")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(made["run"]), "--to", str(tmp_path / "page")]) == 0
+    assert "held an earlier report; it is replaced" in capsys.readouterr().out
