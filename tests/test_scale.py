@@ -129,20 +129,49 @@ def test_each_file_is_written_by_the_main_process_and_both_end_equal(two):
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_killing_the_launcher_then_resuming_gives_the_same_run(toy, two, tmp_path):
+    """SIGKILL to the launcher's PID alone, as a user (kill -9) or a scheduler sends it: its workers run in sessions
+    of their own, so they must notice and stop, not go on writing the run; the rerun then resumes it."""
     command = [*ACCELERATE, str(next(PORTS)), "-m", "lth", *flags(toy, tmp_path, "--device", "cpu",
                                                                  "--checkpoint-minutes", "0.0001")]
-    group = subprocess.Popen(command, env=env(toy), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    launcher = subprocess.Popen(command, env=env(toy), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("*/level_01/checkpoint.pt")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(group.pid, signal.SIGKILL)  # the launcher and its workers, as a cluster's scheduler kills a job
-    group.wait()
+    workers = [pid for pid in processes_mentioning(str(tmp_path)) if pid != launcher.pid]
+    assert len(workers) >= 2, "both workers were running"
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 20
+    while (alive := [pid for pid in workers if running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"workers {alive} outlived their launcher"
     run = next(tmp_path.iterdir())
     assert not (run / "level_01" / "metrics.json").exists(), "killed mid-level"
     done = launch(toy, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert records(run) == records(two["run"]) and not list(run.rglob("*.tmp"))
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """The processes whose command line contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.mark.slow
@@ -173,6 +202,46 @@ def test_unit_waits_for_its_inputs(toy, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_checkpoint_of_another_process_count_starts_the_unit_over(toy, tmp_path, capsys):
+    """A unit's checkpoint records how many processes trained it; resumed under another count (their dropout and
+    batch splits differ), the unit starts over instead of mixing the two."""
+    from lth.core.models import load_model, load_tokenizer, prunable_weights
+    from lth.core.tensors import load_checkpoint, save_checkpoint
+    from lth.search.train import Recipe, finetune
+    from lth.tasks.classify import encode
+    from lth.tasks.text import load_text_files
+
+    data = load_text_files(toy["task"], toy["eval"])
+    features = encode(data.train, load_tokenizer(toy["model"]), 32)
+    recipe = Recipe(batch_size=16, lr=3e-3, epochs=1, precision="fp32")
+
+    def train():
+        model = load_model(toy["model"], "classification", seed=1, num_labels=2)
+        mask = {name: torch.ones_like(w, dtype=torch.bool) for name, w in prunable_weights(model).items()}
+        return finetune(model, mask, features, recipe, 0, tmp_path / "checkpoint.pt")
+
+    first = train()
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["processes"] == 1 and state["step"] == len(first)
+    assert train() == first and "starts over" not in capsys.readouterr().out, "same count: resumed (nothing left)"
+    save_checkpoint({**state, "processes": 2, "losses": [9.0] * len(first)}, tmp_path / "checkpoint.pt")
+    again = train()
+    assert again == first, "trained again from step 0, not resumed from the 2-process checkpoint"
+    assert "trained by 2 processes, this run has 1" in capsys.readouterr().out
+
+
+def test_a_collective_is_given_tensors_on_the_process_device(monkeypatch):
+    """NCCL takes only CUDA tensors: the sum over processes is computed on the process's device (here a meta
+    device stands in for a GPU, which this machine does not have)."""
+    from lth.core.devices import Ranks
+
+    seen = []
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor: seen.append(tensor.device))
+    with pytest.raises((RuntimeError, NotImplementedError)):  # a meta tensor has no value to read back
+        Ranks(0, 2, torch.device("meta")).total(torch.tensor(1.5, dtype=torch.float64))
+    assert seen == [torch.device("meta")]
+
+
 def test_gradient_accumulation_equals_the_whole_batch(toy, tmp_path):
     """2 micro-batches of 16 make the same steps as batches of 32 (dropout off)."""
     common = dict(model=toy["model"], task=toy["task"], eval=toy["eval"], epochs=8, batch_size=32, lr=3e-3,

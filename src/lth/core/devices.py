@@ -7,6 +7,9 @@ claims units and writes every file, and tells the others which unit is next."""
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,11 +100,12 @@ class Ranks:
         torch.distributed.all_gather_object(found, obj)
         return found
 
-    def total(self, value: float) -> float:
-        """The sum of `value` over the processes."""
+    def total(self, value: torch.Tensor | float) -> float:
+        """The sum of `value` (a number, or a one-element tensor on any device) over the processes, as a number: one
+        host sync. The collective's tensor is on this process's device, as NCCL (GPUs) requires; gloo takes CPU."""
         if self.world == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64)
+            return float(value)
+        tensor = torch.as_tensor(value, dtype=torch.float64).reshape(1).to(self.device)
         torch.distributed.all_reduce(tensor)
         return float(tensor.item())
 
@@ -128,4 +132,23 @@ def start(flag: str) -> Ranks:
     if state.num_processes < 2:
         raise LthError("launched as one of several processes, but the process group did not form; on CPUs use "
                        "accelerate launch --multi_gpu --num_processes N -m lth ... --device cpu")
-    return Ranks(state.process_index, state.num_processes, state.device if device.type != "cpu" else device)
+    ranks = Ranks(state.process_index, state.num_processes, state.device if device.type != "cpu" else device)
+    if ranks.device.type == "cuda":  # object collectives (broadcast, gather) use the current CUDA device
+        torch.cuda.set_device(ranks.device)
+    die_with_parent()
+    return ranks
+
+
+def die_with_parent(poll_seconds: float = 0.5) -> None:
+    """End this process when the one that started it is gone. The launcher (accelerate launch, torchrun) starts its
+    workers in sessions of their own, so a SIGKILL to the launcher alone, as a user or a scheduler sends it, would
+    leave them training and writing the run."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        print(f"lth: the process that started this one ({parent}) is gone; stopping", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lth-parent-watch", daemon=True).start()

@@ -192,7 +192,7 @@ class Search(Plan):
         save_json({"step_losses": [round(x, 6) for x in losses], "first_step": first_step},
                   unit.where / "train_loss.json")
         record = {"level": unit.level, "kind": unit.kind, "seed": unit.seed, "sparsity": masks.sparsity(mask),
-                  "metrics": metrics, "seconds": round(seconds, 1)}
+                  "metrics": metrics, "seconds": round(seconds, 1), "processes": self.ranks.world}
         if note := undefined_note(metrics):
             record["notes"] = [note]
             say(f"{unit}: note: {note}")

@@ -63,7 +63,7 @@ def _state(model, optimizer, step: int, losses: list[float], ranks: Ranks) -> di
     random state (dropout), so a resumed group continues as the uninterrupted one would."""
     rng = ranks.gather(_rng())
     return {"model": _cpu(model.state_dict()), "optimizer": _cpu(optimizer.state_dict()), "step": step,
-            "rng": rng[0]["cpu"], "rngs": rng, "losses": losses}
+            "rng": rng[0]["cpu"], "rngs": rng, "losses": losses, "processes": ranks.world}
 
 
 def _rng() -> dict:
@@ -150,6 +150,10 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
     step, losses = start_step, []
     torch.manual_seed(recipe.seed)  # dropout
     state = load_checkpoint(checkpoint)
+    if state is not None and state.get("processes", ranks.world) != ranks.world:
+        tqdm.write(f"note: {checkpoint} was trained by {state['processes']} processes, this run has {ranks.world}: "
+                   "their dropout and batch splits differ, so the unit starts over instead of mixing them")
+        state = None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -223,7 +227,8 @@ def _pieces(batch: dict, ranks: Ranks, accum: int) -> list[tuple[dict, float]]:
 
 def _step(loss_of, optimizer, scaler, batch, weights, keep, recipe: Recipe, lr: float, ranks: Ranks) -> float:
     pieces = _pieces(batch, ranks, recipe.grad_accum)
-    carried = 0.0
+    # summed on the device, in float64 as Python's floats were (MPS has no float64): one host sync a step
+    carried = torch.zeros((), dtype=torch.float32 if ranks.device.type == "mps" else torch.float64, device=ranks.device)
     for i, (piece, share) in enumerate(pieces):
         piece = {k: v.to(ranks.device) for k, v in piece.items()}
         last = i == len(pieces) - 1
@@ -233,7 +238,7 @@ def _step(loss_of, optimizer, scaler, batch, weights, keep, recipe: Recipe, lr: 
             # DDP averages gradients over the processes: scaling by the world size makes them a sum of shares
             scaled = loss * (share * ranks.world) if share != 1.0 or ranks.world > 1 else loss
             (scaler.scale(scaled) if scaler else scaled).backward()
-        carried += loss.item() * share
+        carried += loss.detach().to(carried.dtype) * share
     if scaler:
         scaler.unscale_(optimizer)
     # Masking gradients before clipping keeps the norm honest and Adam's moments at zero for pruned
