@@ -104,6 +104,7 @@ def test_every_damaged_file_of_an_export_is_named_by_inspect_and_every_loader(ma
                 lth.apply_ticket(model, copy)
             tried += 1
         shutil.rmtree(copy)
+    print(f"{how}: {tried} damaged reads tried")
     assert tried >= 20
 
 
@@ -319,3 +320,38 @@ def test_report_says_when_it_replaces_an_earlier_page(made, tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(made["run"]), "--to", str(tmp_path / "page")]) == 0
     assert "held an earlier report; it is replaced" in capsys.readouterr().out
+
+
+def out_of_range(rule: tuple, kind) -> list[str]:
+    """Values argparse accepts for a flag of this type that the rule refuses."""
+    candidates = ["0", "-1", "-3", "1", "1.5", "4"] if kind is float else ["0", "-1", "-3", "4"]
+    refused = [v for v in candidates if not rule[1](float(v))]
+    return refused + (["nan", "inf"] if kind is float else [])
+
+
+def test_an_out_of_range_value_in_every_numeric_flag_of_every_command(made, tmp_path, capsys):
+    """Read from the parser itself: every int or float flag of every command has a range in the one table, and
+    every value outside it is one line before anything runs (a flag added later without a range fails here)."""
+    import argparse
+
+    from lth.cli import build_parser
+    from lth.run.settings import COMMAND_RANGES
+
+    run, to, dev, train = str(made["run"]), str(made["root"] / "level2"), made["dev"], made["train"]
+    base = {"find": ["--task", train, "--eval", dev, "--runs-dir", str(tmp_path / "runs")],
+            "transfer": [run, "--task", train, "--eval", dev, "--runs-dir", str(tmp_path / "runs")],
+            "export": [run, "--to", str(tmp_path / "e")], "speed": [to],
+            "predict": [to, "--input", dev, "--output", str(tmp_path / "o.tsv")]}
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    tried = 0
+    for command, parser in commands.items():
+        for action in parser._actions:
+            if action.type not in (int, float):
+                continue
+            assert action.dest in COMMAND_RANGES, f"lth {command} {action.option_strings[0]} has no range"
+            for value in out_of_range(COMMAND_RANGES[action.dest], action.type):
+                err = one_line_error([command, *base[command], action.option_strings[0], value], capsys)
+                assert action.option_strings[0] in err, err
+                tried += 1
+    print(f"{tried} out-of-range values tried")
+    assert tried > 60 and not (tmp_path / "runs").exists() and not (tmp_path / "e").exists()
