@@ -12,7 +12,6 @@ import torch
 
 import lth
 from lth.cli import main
-from lth.core.devices import cpu_has_native_bf16
 from lth.engine.kernels import (
     CSR,
     _numba,

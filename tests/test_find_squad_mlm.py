@@ -78,3 +78,29 @@ def test_mlm_needs_both_files(model, tmp_path):
         lth.find(model=model, task="mlm", data=text_file(tmp_path / "t.txt", 5, 0), runs_dir=str(tmp_path))
     with pytest.raises(lth.LthError, match="--task mlm needs --data"):
         lth.find(model=model, task="mlm", runs_dir=str(tmp_path))
+
+
+def test_squad_and_mlm_train_with_a_teacher(model, tmp_path):
+    """--distill through every task kind: SQuAD's teacher outputs are stored per token (its windows padded), the
+    masked-LM teacher runs beside the student; both differ from the plain run and alpha=0 equals it."""
+    from lth.core.tensors import load_tensors
+    from lth.search.distill import TEACHER
+
+    squad = dict(model=model, task="squad", data=squad_file(tmp_path / "s.json"), split_articles="4:2", max_length=32,
+                 doc_stride=8, epochs=1, runs_dir=str(tmp_path / "runs"), **COMMON)
+    mlm = dict(model=model, task="mlm", data=text_file(tmp_path / "train.txt", 60, 1),
+               eval=text_file(tmp_path / "test.txt", 20, 2), max_length=16, steps=12, runs_dir=str(tmp_path / "runs"),
+               **COMMON)
+    for args in (squad, mlm):
+        plain, taught, zero = (lth.find(**args, **extra) for extra in
+                               ({}, {"distill": True, "distill_alpha": 0.9}, {"distill": True, "distill_alpha": 0.0}))
+        assert taught["levels"][0] == {**plain["levels"][0], "seconds": taught["levels"][0]["seconds"]}, \
+            "the teacher (level 0) trains without one"
+        losses = [json.loads((Path(r["run"]) / "level_01" / "train_loss.json").read_text())["step_losses"]
+                  for r in (plain, taught, zero)]
+        assert losses[1] != losses[0] and losses[2] == losses[0], "the teacher changes the loss; alpha=0 does not"
+        assert zero["levels"][1]["metrics"] == plain["levels"][1]["metrics"]
+    stored, _ = load_tensors(Path(lth.find(**squad, distill=True, distill_alpha=0.9)["run"]) / TEACHER)
+    assert set(stored) == {"start_logits", "end_logits"} and stored["start_logits"].shape[1] <= 32
+    assert not (Path(lth.find(**mlm, distill=True, distill_alpha=0.9)["run"]) / TEACHER).exists(), \
+        "masked-LM's inputs change every step: its teacher is not stored"

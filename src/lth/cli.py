@@ -32,6 +32,10 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls=FindSettings, skip: 
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
         if str(f.type).startswith("list"):
             extra["action"] = "append"
+        if str(f.type) == "bool":  # a switch: given means True
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true",
+                                default=argparse.SUPPRESS, help=f.metadata["help"])
+            continue
         text = f.metadata["help"]
         if default not in (None, []) and "default" not in text:
             text += f" (default: {default})"

@@ -10,6 +10,7 @@ Feature = dict  # "input_ids" (list[int]), optional "token_type_ids", "labels" (
 # anything else (offsets, example indices) is bookkeeping that stays out of the model's inputs.
 PADDING = {"input_ids": None, "token_type_ids": 0, "labels": -100, "special_tokens_mask": 1}
 TARGETS = ("labels", "start_positions", "end_positions")  # stacked when scalar; labels may be per token
+ROW = "row"  # a feature's index in its list (distillation looks up the teacher's outputs by it); never a model input
 
 
 def collate(features: list[Feature], pad_id: int) -> dict[str, torch.Tensor]:
@@ -21,7 +22,7 @@ def collate(features: list[Feature], pad_id: int) -> dict[str, torch.Tensor]:
     for key, value in features[0].items():
         if key in PADDING and isinstance(value, list):
             batch[key] = _pad([f[key] for f in features], width, pad_id if PADDING[key] is None else PADDING[key])
-        elif key in TARGETS:
+        elif key in TARGETS or key == ROW:
             values = [f[key] for f in features]
             batch[key] = torch.tensor(values, dtype=torch.float if isinstance(values[0], float) else torch.long)
     return batch

@@ -17,13 +17,17 @@ EMPTY = 0.01  # a matrix keeping less than this is effectively cut out (the warn
 
 
 def metric_vs_sparsity(levels: list[dict], results: dict | None, winning: dict | None, metric: str,
-                       transfers: list[tuple[str, float, dict]] = ()) -> plt.Figure:
+                       transfers: list[tuple[str, float, dict]] = (), distilled: bool = False) -> plt.Figure:
     """IMP over sparsity, the full model's mean ± std band, every baseline and transfer as mean ± std, and the
-    winning sparsities under both rules. `levels`: the search's records; `results`: the verdict's table."""
+    winning sparsities under both rules. `levels`: the search's records; `results`: the verdict's table;
+    `distilled`: the pruned units learned from the dense model (--distill), which the figure says."""
     fig, ax = plt.subplots(figsize=(8.6, 3.9), layout="constrained")
     trunk = [(r["sparsity"] * 100, r["metrics"].get(metric)) for r in levels if r["metrics"].get(metric) is not None]
     if trunk:
-        ax.plot(*zip(*trunk), "o-", color=COLORS["imp"], label="IMP (the search, seed 1)", zorder=3)
+        ax.plot(*zip(*trunk), "o-", color=COLORS["imp"], zorder=3,
+                label="IMP with distillation (the search, seed 1)" if distilled else "IMP (the search, seed 1)")
+    if distilled:
+        ax.set_title("every pruned unit trained with distillation from the dense model (--distill)", fontsize=8)
     if results and results.get("full"):
         full = summarize(results["full"]).get(metric)
         if full and full["mean"] is not None:

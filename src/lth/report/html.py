@@ -81,8 +81,9 @@ def report(runs: list[str], to: str) -> Path:
 def run_section(page: Page, v: RunView) -> None:
     name, s = v.run.name, v.info["settings"]
     page.add(f'<section><h2 id="run-{name}">{html.escape(name)}</h2>')
-    recipe = ", ".join(f"{k} {s[k]}" for k in ("model", "task", "lr", "epochs", "steps", "batch_size", "max_length",
-                                               "schedule", "rate", "strategy", "exclude", "precision") if s.get(k))
+    keys = ("model", "task", "lr", "epochs", "steps", "batch_size", "max_length", "schedule", "rate", "strategy",
+            "exclude", "precision") + (("distill", "distill_alpha", "distill_temperature") if s.get("distill") else ())
+    recipe = ", ".join(f"{k} {s[k]}" for k in keys if s.get(k))
     sizes = ", ".join(f"{k} {n:,}" for k, n in v.info.get("sizes", {}).items())
     page.add(f"<p><b>Recipe:</b> {html.escape(recipe)}<br><b>Data:</b> {html.escape(sizes)}</p>")
     for note in v.info.get("notes", []):
@@ -94,7 +95,8 @@ def run_section(page: Page, v: RunView) -> None:
     winning = (v.verdict or {}).get("winning", {}).get(v.primary)
     transfers = [(_sources(e), e["sparsity"], summarize(next(iter(e["table"]["levels"].values()))["imp"]).get(v.primary))
                  for e in v.transfers.values()]
-    page.figure(figures.metric_vs_sparsity(v.levels, v.results, winning, v.primary, transfers), f"{name}-metric",
+    page.figure(figures.metric_vs_sparsity(v.levels, v.results, winning, v.primary, transfers,
+                                           bool(s.get("distill"))), f"{name}-metric",
                 f"{v.primary} against sparsity: the search, the full model's band, baselines and transfers")
     rows = [["level", "sparsity", *v.info["metrics"]]] + [
         [str(r["level"]), pct(r["sparsity"]), *(number(r["metrics"].get(m)) for m in v.info["metrics"])] for r in v.levels]

@@ -33,11 +33,12 @@ class Kind:
     search: bool = False
     chain: bool = False
     baseline: bool = False  # a choice of --baselines
+    teacher: bool = True  # learns from the dense model with --distill (at a pruned level; the dense runs never)
 
 
 KINDS: dict[str, Kind] = {
     "trunk": Kind("level", REWIND, "every", "search", "previous level", "imp", search=True),
-    "full": Kind("dense", INIT, "dense", "others", column="full"),
+    "full": Kind("dense", INIT, "dense", "others", column="full", teacher=False),
     "imp": Kind("level", REWIND, "judged", "others", "level mask", "imp"),
     "random-prune": Kind("random", REWIND, "judged", "all", column="random-prune", baseline=True),
     "random-reinit": Kind("level", REINIT, "judged", "all", "level mask", "random-reinit", baseline=True),

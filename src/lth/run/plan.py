@@ -31,11 +31,17 @@ class Plan:
         """A unit; one that starts from a later rewind point also waits for level 0 to have saved it."""
         if KINDS[kind].start not in (INIT, REINIT, CHAIN) and level != 0 and self.s.rewind_step:
             needs = (*needs, self.run / self.rewind_file())
+        if self.distills(kind, level):  # the teacher (level 0, its outputs written before its metrics.json)
+            needs = (*needs, level_dir(self.run, 0) / "metrics.json")
         return Unit(kind, level, seed, where, needs, id=where.relative_to(self.run).as_posix(), **kw)
 
     def dense_units(self) -> list[Unit]:
         """The full model with every seed: the search's own level 0, then the other seeds' dense runs."""
         return self.kind_units("trunk", [0]) + self.kind_units("full", [0])
+
+    def distills(self, kind: str, level: int | None) -> bool:
+        """Whether a unit learns from the teacher: with --distill, every pruned unit whose kind's row says so."""
+        return self.s.distill and KINDS[kind].teacher and level != 0
 
     def rewind_file(self) -> str:
         return "init.safetensors" if self.s.rewind_step == 0 else f"rewind_step_{self.s.rewind_step}.safetensors"
@@ -105,6 +111,8 @@ def previous_final(plan: Plan, chain: str, seed: int, level: int) -> Path:
 
 def keeps_final(plan: Plan, unit: Unit) -> bool:
     """Whether a unit's trained weights are kept: the start of a chain's next level."""
+    if plan.s.distill and KINDS[unit.kind].search and unit.level == 0:
+        return True  # the teacher's weights (masked-LM's teacher runs beside each student)
     if not plan.chains or unit.level is None:
         return False
     if unit.level == 0:

@@ -26,6 +26,7 @@ GROUPS = {
     "pruning": ("schedule", "rate", "max_sparsity", "strategy", "include", "exclude", "rewind_step"),
     "judging": ("levels", "seeds", "baselines"),
     "run": ("device", "eval_batch_size", "runs_dir", "threads"),
+    "teacher": ("distill", "distill_alpha", "distill_temperature"),
 }
 
 
@@ -98,6 +99,13 @@ class FindSettings:
     checkpoint_minutes: float = _opt("save a resumable checkpoint at least this often (and every epoch)",
                                      default=10.0, hashed=False)
     threads: int | None = _opt("torch threads (default: all cores)", default=None, hashed=False)
+    distill: bool = _opt("train every pruned unit (levels, seeds, baselines, transfers) with knowledge distillation "
+                         "from the run's own dense fine-tuned model (level 0), as high-sparsity methods do",
+                         default=False)
+    distill_alpha: float = _opt("with --distill: the weight of the distillation loss; the task loss has 1 - alpha",
+                                default=0.5)
+    distill_temperature: float = _opt("with --distill: the temperature of the teacher's and student's softmax "
+                                      "(classification, SQuAD, masked-LM)", default=2.0)
 
     def __post_init__(self) -> None:
         if self.rate is None:
@@ -201,6 +209,8 @@ RANGES = {
     "warmup": (REAL, lambda v: 0 <= v < 1, "a fraction of the steps in [0, 1), e.g. 0.1"),
     "rate": (REAL, lambda v: 0 < v < 1, "in (0, 1): the fraction pruned each level, e.g. 0.2"),
     "max_sparsity": (REAL, lambda v: 0 <= v < 1, "in [0, 1): the fraction of prunable weights removed, e.g. 0.6"),
+    "distill_alpha": (REAL, lambda v: 0 <= v <= 1, "in [0, 1], e.g. 0.5"),
+    "distill_temperature": (REAL, lambda v: v > 0, "a positive temperature, e.g. 2"),
 }
 
 
@@ -250,6 +260,9 @@ def validate(s: FindSettings) -> None:
     _check(s.task != "squad" or bool(re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", str(s.split_articles))),
            f"--split-articles {s.split_articles!r} is not TRAIN:EVAL; use article counts, e.g. 40:8")
     patterns([*s.include, *s.exclude])
+    _check(isinstance(s.distill, bool), f"--distill {s.distill!r}: give True or False")
+    _check(s.distill or (s.distill_alpha, s.distill_temperature) == (0.5, 2.0),
+           "--distill-alpha and --distill-temperature shape the distillation: they need --distill")
 
 
 def parse_levels(text: str) -> list[int]:

@@ -199,5 +199,6 @@ def describe(search: Search, level: int, record: dict) -> dict:
             "metrics": record["metrics"], "run": search.name,
             "schedule": {"schedule": s.schedule, "rate": s.rate, "strategy": s.strategy,
                          "rewind_step": s.rewind_step},
-            "recipe": {**s.group("recipe", hashed=True), "max_length": s.max_length},
+            "recipe": {**s.group("recipe", hashed=True), "max_length": s.max_length,
+                       **(s.group("teacher") if s.distill else {})},
             "lth_version": __version__}

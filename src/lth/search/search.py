@@ -13,6 +13,7 @@ import torch
 
 from ..core import masks
 from ..core.baselines import reinitialize_
+from ..core.batches import ROW
 from ..core.console import say
 from ..core.devices import Ranks, start
 from ..core.errors import LthError
@@ -29,6 +30,7 @@ from ..run.settings import FindSettings
 from ..run.summary import SETTINGS_RECORD, read_results
 from ..run.units import Unit, unique
 from ..tasks import Task, build_task
+from .distill import Teacher
 from .evaluate import predict
 from .masking import Masks
 from .queue import work
@@ -72,6 +74,8 @@ def open_search(s: FindSettings, judging: bool = True, at: Path | None = None) -
     for leftover in sweep(run) if run.exists() else []:
         say(f"removed {leftover}, left by an interrupted writer")
     init = _restore_or_save(model, run / "init.safetensors", previous.get("init_sha256"))
+    if search.teacher is not None:
+        search.teacher.check()
     check_run(run)
     search.masks.level(0)  # the all-ones mask: written now if it is missing (a fresh run, or deleted as damaged)
     judged = search.judged if judging else previous.get("judged_levels", [])
@@ -139,6 +143,10 @@ class Search(Plan):
         self.pad_id = tokenizer.pad_token_id or 0
         self.recipe = Recipe(**s.group("recipe"))
         self.train = task.train_features(tokenizer, s.max_length)
+        self.teacher = Teacher(self) if s.distill else None
+        if s.distill and task.fixed_inputs:  # each example finds its teacher outputs by its row
+            self.train = [{**feature, ROW: i} for i, feature in enumerate(self.train)]
+        self._distilled = None
         self.evals = task.eval_features(tokenizer, s.max_length)
         if s.rewind_step >= self.recipe.total_steps(len(self.train)):
             raise LthError(f"--rewind-step {s.rewind_step} is not inside level 0's "
@@ -155,6 +163,8 @@ class Search(Plan):
         metrics = self.evaluate(str(unit))
         if row.search:
             self.masks.next_level(unit.level, mask)
+        if self.teacher is not None and row.search and unit.level == 0:
+            self.teacher.build()
         if keeps_final(self, unit):
             save_model(self.model, unit.where / "final.safetensors")
         self._record(unit, mask, metrics, losses, first_step, time.monotonic() - started)
@@ -166,6 +176,7 @@ class Search(Plan):
         """Rewind to the unit's starting weights with its mask and fine-tune: (mask, first step, loss per step).
         The weights stay in self.model. `keep_rewind`: level 0 saves the later rewind point (--rewind-step)."""
         row = KINDS[unit.kind]
+        forward = self.distilled() if self.distills(unit.kind, unit.level) else self.task.forward  # may load θ_teacher
         mask = self.masks.of(unit)
         point, first_step = self.start(unit)
         rewind(self.model, point, mask, self.weights)
@@ -175,7 +186,7 @@ class Search(Plan):
         on_step = self._rewind_hook() if row.search and unit.level == 0 and keep_rewind else None
         losses = finetune(self.model, mask, self.train, replace(self.recipe, seed=unit.seed), self.pad_id,
                           checkpoint, start_step=first_step, desc=desc or f"{unit} train", on_step=on_step,
-                          prepare=self.task.prepare, forward=self.task.forward, ranks=self.ranks)
+                          prepare=self.task.prepare, forward=forward, ranks=self.ranks)
         return mask, first_step, losses
 
     def start(self, unit: Unit) -> tuple[Path, int]:
@@ -199,6 +210,12 @@ class Search(Plan):
         save_json(record, unit.where / "metrics.json")
         remove(unit.where / "checkpoint.pt")  # hundreds of MB, no longer needed
         say(level_line(record) if KINDS[unit.kind].search else f"{unit.kind} seed {unit.seed}: {level_line(record)}")
+
+    def distilled(self):
+        """The training forward of a unit that learns from the teacher (made once: the stored outputs are read once)."""
+        if self._distilled is None:
+            self._distilled = self.teacher.forward()
+        return self._distilled
 
     def mask(self, level: int) -> masks.Mask:
         return self.masks.level(level)
@@ -231,6 +248,8 @@ class Search(Plan):
                    "prunable_weights": sum(w.numel() for w in self.weights.values()),
                    "prunable_matrices": len(self.weights), "levels": levels,
                    "seeds": self.seeds, "baselines": self.baselines, "judged_levels": self.judged}
+        if self.s.distill and levels and levels[0]["level"] == 0:  # for reference: what the students learn from
+            summary["teacher"] = {"level": 0, "seed": self.seeds[0], "metrics": levels[0]["metrics"]}
         found = read_results(self.run, self.task.metric_names, self.task.primary, self.seeds[0], self.judged)
         if found.table["full"]:
             summary["results"], summary["verdict"] = found.table, found.verdict

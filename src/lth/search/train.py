@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.batches import TARGETS, Feature, collate, training_order
+from ..core.batches import ROW, TARGETS, Feature, collate, training_order
 from ..core.devices import Ranks, autocast
 from ..core.errors import LthError
 from ..core.files import writing
@@ -98,8 +98,8 @@ class Diverged(LthError):
 def model_forward(model: nn.Module, batch: dict, train: bool):
     """The model's own forward: with its targets (and loss) to train, without them to predict."""
     if train:
-        return model(**batch)
-    return model(**{k: v for k, v in batch.items() if k not in TARGETS})  # no loss: `collect` scores
+        return model(**{k: v for k, v in batch.items() if k != ROW})
+    return model(**{k: v for k, v in batch.items() if k not in TARGETS and k != ROW})  # no loss: `collect` scores
 
 
 class _Loss(nn.Module):

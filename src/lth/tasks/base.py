@@ -18,7 +18,15 @@ class Task:
     head: ClassVar[str]  # a key of lth.core.models.HEADS: the Auto class its model (and an export) loads with
     percent: ClassVar[bool] = False  # metrics already in percent (SQuAD): one point is 1.0, not 0.01
     forward: ClassVar[Callable | None] = None  # (model, batch, train) -> output with .loss; None: the model's own
+    distilled: ClassVar[tuple[str, ...]] = ("logits",)  # the outputs a student matches to its teacher's
+    distilled_per_token: ClassVar[bool] = False  # those outputs have one value per token (SQuAD's start and end)
+    fixed_inputs: ClassVar[bool] = True  # a training example is the same every epoch: its teacher outputs are stored
     notes: list[str]
+
+    @property
+    def regression(self) -> bool:
+        """One score per example (distilled by squared error, not by a softmax)."""
+        return False
 
     @property
     def label_names(self) -> list[str]:

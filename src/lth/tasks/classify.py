@@ -49,6 +49,10 @@ class ClassificationTask(Task):
     def label_names(self) -> list[str]:
         return self.data.label_names
 
+    @property
+    def regression(self) -> bool:
+        return self.data.regression
+
     def fingerprint(self) -> str:
         """The content of every example and label: a run continues only on the data it began with."""
         splits = {"train": self.data.train, **self.data.evals}

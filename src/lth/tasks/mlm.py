@@ -234,6 +234,7 @@ class MaskedLMTask(Task):
     primary = "masked_accuracy"
     name = "mlm"
     head = "masked-LM"
+    fixed_inputs = False  # tokens are masked afresh every step: the teacher runs beside the student
 
     def __init__(self, data: str, eval: str | None, seed: int, train_limit: int | None = None,
                  eval_limit: int | None = None, text_column: str = "text"):

@@ -185,6 +185,8 @@ class SquadTask(Task):
     primary = "f1"
     name = "squad"
     head = "question-answering"
+    distilled = ("start_logits", "end_logits")
+    distilled_per_token = True
     percent = True  # its metrics are percentages already (the official script's scale)
 
     def __init__(self, data: str | None, eval: str | None, split: str, stride: int,
