@@ -355,3 +355,49 @@ def test_an_out_of_range_value_in_every_numeric_flag_of_every_command(made, tmp_
                 tried += 1
     print(f"{tried} out-of-range values tried")
     assert tried > 60 and not (tmp_path / "runs").exists() and not (tmp_path / "e").exists()
+
+
+# -- issue 23: keep the weights, predict at the trained length ------------------------------------------------
+
+def test_kept_weights_make_export_train_nothing_and_give_the_same_files(made, tmp_path, monkeypatch):
+    import lth.search.search as search
+
+    args = dict(model=made["model"], task=made["train"], eval=made["dev"], runs_dir=str(made["root"] / "runs"))
+    summary = lth.find(**args, **RECIPE, keep_weights="1,2")  # the same run: --keep-weights changes no result
+    assert summary["run"] == str(made["run"])
+    (made["run"] / "level_01" / "final.safetensors").unlink(missing_ok=True)
+    retrained = lth.export(made["run"], tmp_path / "retrained", level=1)  # trains level 1 again, and keeps it
+    monkeypatch.setattr(search, "finetune", lambda *a, **k: pytest.fail("export trained although weights were kept"))
+    kept = lth.export(made["run"], tmp_path / "kept", level=1)
+    assert kept["metrics"]["retrained"] == retrained["metrics"]["retrained"]
+    assert tree(tmp_path / "kept") == tree(tmp_path / "retrained")
+
+
+def test_a_new_search_keeps_the_levels_asked_for(made, tmp_path):
+    run = Path(lth.find(model=made["model"], task=made["train"], eval=made["dev"], runs_dir=str(tmp_path),
+                        keep_weights="2", **{**RECIPE, "epochs": 1})["run"])
+    assert [p.parent.name for p in sorted(run.glob("level_*/final.safetensors"))] == ["level_02"]
+    with pytest.raises(lth.LthError, match="--keep-weights 'x'"):
+        lth.FindSettings(task="mrpc", keep_weights="x", precision="fp32")
+
+
+def test_predict_truncates_at_the_recorded_length(made, tmp_path, capsys):
+    """A row longer than 128 tokens (the length the ticket was trained with): scored as its first 128 tokens, and
+    as more with --max-length 512."""
+    from transformers import AutoTokenizer
+
+    data = tmp_path / "long.csv"
+    text = " ".join(["good film"] * 40 + ["bad"] * 200)
+    data.write_text(f"text\n{text}\n")
+    to = made["root"] / "level2"
+    scores = {}
+    for extra in ([], ["--max-length", "512"]):
+        assert main(["predict", str(to), "--input", str(data), "--output", str(tmp_path / "o.tsv"),
+                     "--precision", "fp32", *extra]) == 0
+        scores[tuple(extra)] = [float(v) for v in (tmp_path / "o.tsv").read_text().splitlines()[1].split("\t")[2:]]
+    assert "truncated at 128 tokens (the length the ticket was trained" in capsys.readouterr().out
+    tokenizer = AutoTokenizer.from_pretrained(to / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(to / "model").eval()
+    with torch.no_grad():
+        by_hand = model(**tokenizer([text], truncation=True, max_length=128, return_tensors="pt")).logits[0].tolist()
+    assert scores[()] == pytest.approx(by_hand, abs=2e-6) and scores[()] != pytest.approx(scores[("--max-length", "512")])

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--text-column", default="text")
     label.add_argument("--text-pair-column")
     label.add_argument("--batch-size", type=int, default=64)
+    label.add_argument("--max-length", type=int, help="truncate inputs at this many tokens (default: the length the "
+                       "ticket was trained and evaluated with, recorded in ticket.json)")
     for engine in (clock, label):
         engine.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                             help="the engine's: bf16 where the CPU has it natively (auto), or as given; fp32 gives "
@@ -223,7 +225,7 @@ def cmd_predict(args) -> None:
     from .engine.predict import predict_file
 
     rows = predict_file(args.export, args.input, args.output, args.text_column, args.text_pair_column,
-                        args.batch_size, args.precision)
+                        args.batch_size, args.precision, args.max_length)
     print(f"{rows} rows labelled: {args.output}")
 
 

@@ -8,15 +8,26 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
+from ..artifacts.manifest import RECORD, export_folder
 from ..core.batches import collate, evaluation_order
+from ..core.console import say
 from ..core.datafiles import existing, field, records
 from ..core.errors import LthError
-from ..core.files import atomic_path
+from ..core.files import atomic_path, load_json
+from ..core.models import position_limit
 from .engine import load_fast
 
 
+def trained_length(model_folder: Path, limit: int) -> int:
+    """The --max-length an export was trained and evaluated with (ticket.json's recipe), else the model's limit."""
+    folder = export_folder(model_folder)
+    recorded = load_json(folder / RECORD).get("recipe", {}).get("max_length") if folder else None
+    return min(limit, recorded) if isinstance(recorded, int) and recorded > 0 else limit
+
+
 def predict_file(path: str | Path, source: str, target: str, text_column: str = "text",
-                 pair_column: str | None = None, batch_size: int = 64, precision: str = "auto") -> int:
+                 pair_column: str | None = None, batch_size: int = 64, precision: str = "auto",
+                 max_length: int | None = None) -> int:
     """Label every row of a .csv/.tsv/.jsonl file with an exported classifier on the fast engine (`precision` as
     in load_fast); writes a TSV of row, label and the scores; returns the rows written."""
     if Path(target).exists() and Path(source).exists() and os.path.samefile(target, Path(source).expanduser()):
@@ -29,7 +40,13 @@ def predict_file(path: str | Path, source: str, target: str, text_column: str = 
     rows = records(existing(source))
     texts = [field(r, text_column, "--text-column", where) for where, r in rows]
     pairs = None if pair_column is None else [field(r, pair_column, "--text-pair-column", w) for w, r in rows]
-    encoded = tokenizer(texts, pairs, truncation=True, max_length=512, padding=False)
+    limit = position_limit(fast.model, tokenizer)
+    if max_length is not None and max_length > limit:
+        raise LthError(f"--max-length {max_length} is beyond what {path} takes ({limit} tokens); use {limit} or less")
+    length = max_length or trained_length(Path(fast.model.name_or_path), limit)
+    say(f"inputs truncated at {length} tokens" + ("" if max_length else " (the length the ticket was trained and "
+                                                    "evaluated with; --max-length to change it)"))
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=length, padding=False)
     features = [{k: encoded[k][i] for k in ("input_ids", "token_type_ids") if k in encoded} for i in range(len(texts))]
     labels = fast.config.id2label
     scores: list = [None] * len(features)

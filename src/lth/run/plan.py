@@ -26,6 +26,7 @@ class Plan:
         self.judged = [level for level in (chosen if chosen is not None else range(len(self.plan)))
                        if 0 < level < len(self.plan)]
         self.seeds, self.baselines = s.seed_list(), s.baseline_names()
+        self.kept = s.kept_levels(len(self.plan))
 
     def unit(self, kind: str, level: int | None, seed: int, where: Path, needs: tuple = (), **kw) -> Unit:
         """A unit; one that starts from a later rewind point also waits for level 0 to have saved it."""
@@ -113,6 +114,8 @@ def keeps_final(plan: Plan, unit: Unit) -> bool:
     """Whether a unit's trained weights are kept: the start of a chain's next level."""
     if plan.s.distill and KINDS[unit.kind].search and unit.level == 0:
         return True  # the teacher's weights (masked-LM's teacher runs beside each student)
+    if KINDS[unit.kind].search and unit.level in plan.kept:
+        return True  # --keep-weights: lth export of the level needs no training
     if not plan.chains or unit.level is None:
         return False
     if unit.level == 0:

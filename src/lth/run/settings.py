@@ -25,7 +25,7 @@ GROUPS = {
                "checkpoint_minutes"),
     "pruning": ("schedule", "rate", "max_sparsity", "strategy", "include", "exclude", "rewind_step"),
     "judging": ("levels", "seeds", "baselines"),
-    "run": ("device", "eval_batch_size", "runs_dir", "threads"),
+    "run": ("device", "eval_batch_size", "runs_dir", "threads", "keep_weights"),
     "teacher": ("distill", "distill_alpha", "distill_temperature"),
 }
 
@@ -99,6 +99,9 @@ class FindSettings:
     checkpoint_minutes: float = _opt("save a resumable checkpoint at least this often (and every epoch)",
                                      default=10.0, hashed=False)
     threads: int | None = _opt("torch threads (default: all cores)", default=None, hashed=False)
+    keep_weights: str | None = _opt("levels of the search whose trained weights the run keeps, so that lth export of "
+                                    "them needs no training: '2,3', '2-4' or 'all' (one model file each)",
+                                    default=None, hashed=False)
     distill: bool = _opt("train every pruned unit (levels, seeds, baselines, transfers) with knowledge distillation "
                          "from the run's own dense fine-tuned model (level 0), as high-sparsity methods do",
                          default=False)
@@ -157,6 +160,14 @@ class FindSettings:
     def chosen_levels(self) -> list[int] | None:
         """The levels given with --levels, sorted; None when every planned level is wanted."""
         return None if self.levels is None else parse_levels(self.levels)
+
+    def kept_levels(self, planned: int) -> list[int]:
+        """The levels given with --keep-weights ('all': every one of the `planned` levels)."""
+        if self.keep_weights is None:
+            return []
+        if str(self.keep_weights).strip() == "all":
+            return list(range(planned))
+        return parse_levels(self.keep_weights, "--keep-weights")
 
     def baseline_names(self) -> list[str]:
         names = [n.strip() for n in (self.baselines or "").split(",") if n.strip()]
@@ -252,6 +263,7 @@ def validate(s: FindSettings) -> None:
     _check(s.strategy in STRATEGIES, f"--strategy {s.strategy!r}: choose one of {', '.join(STRATEGIES)}")
     _check(s.precision in PRECISIONS, f"--precision {s.precision!r}: choose one of {', '.join(PRECISIONS)}")
     s.chosen_levels()  # raises on a malformed list
+    s.kept_levels(0)
     unknown = [n for n in s.baseline_names() if n not in BASELINES]
     _check(not unknown, f"--baselines: unknown baseline {', '.join(map(repr, unknown))}; choose from "
            f"{', '.join(BASELINES)} or 'all', separated by commas")
@@ -265,13 +277,13 @@ def validate(s: FindSettings) -> None:
            "--distill-alpha and --distill-temperature shape the distillation: they need --distill")
 
 
-def parse_levels(text: str) -> list[int]:
+def parse_levels(text: str, flag: str = "--levels") -> list[int]:
     """'4' -> [4], '2,4,6' -> [2, 4, 6], '2-4' -> [2, 3, 4]."""
     chosen = set()
     for part in str(text).split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not match or (match[2] is not None and int(match[2]) < int(match[1])):
-            raise LthError(f"--levels {text!r}: give level numbers like '4', '2,4,6' or '2-6' (0 is the dense model)")
+            raise LthError(f"{flag} {text!r}: give level numbers like '4', '2,4,6' or '2-6' (0 is the dense model)")
         first = int(match[1])
         chosen.update(range(first, int(match[2] or first) + 1))
     return sorted(chosen)

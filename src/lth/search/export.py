@@ -173,7 +173,9 @@ def trained(search: Search, level: int, record: dict, checkpoint: Path) -> dict:
         load_into(search.model, final)
         return search.evaluate(f"level {level}")
     unit = search.kind_units("trunk", [level])[0]
-    say(f"training level {level} again from the run's rewind point to get its weights (the run keeps only masks)")
+    minutes, seconds = divmod(int(record.get("seconds", 0)), 60)
+    say(f"training level {level} again from the run's rewind point to get its weights (the run keeps only masks; "
+        f"the search took {minutes}m{seconds:02d}s for it here; lth find --keep-weights {level} keeps them)")
     search.train_unit(unit, checkpoint, desc=f"level {level} export train", keep_rewind=False)
     metrics = search.evaluate(f"level {level}")
     if metrics != record["metrics"]:

@@ -82,6 +82,10 @@ def open_search(s: FindSettings, judging: bool = True, at: Path | None = None) -
     save_json({"settings": s.to_dict(), "sizes": task.sizes(), "notes": task.notes, "primary": task.primary,
                "metrics": task.metric_names, "judged_levels": judged, "data_fingerprint": data,
                "settings_digest": s.digest(data=""), "init_sha256": init}, run / "settings.json")
+    if search.kept:
+        size = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+        say(f"keeping the trained weights of level {', '.join(map(str, search.kept))}: {size:,.1f} MiB each, "
+            f"{size * len(search.kept):,.1f} MiB in all (--keep-weights)")
     total = sum(w.numel() for w in weights.values())
     say(f"model {s.model}: {len(weights)} prunable matrices, {total:,} weights "
         f"of {sum(p.numel() for p in model.parameters()):,} parameters")
