@@ -366,11 +366,11 @@ def test_kept_weights_make_export_train_nothing_and_give_the_same_files(made, tm
     summary = lth.find(**args, **RECIPE, keep_weights="1,2")  # the same run: --keep-weights changes no result
     assert summary["run"] == str(made["run"])
     (made["run"] / "level_01" / "final.safetensors").unlink(missing_ok=True)
-    retrained = lth.export(made["run"], tmp_path / "retrained", level=1)  # trains level 1 again, and keeps it
+    retrained = lth.export(made["run"], tmp_path / "a" / "ticket", level=1)  # trains level 1 again, and keeps it
     monkeypatch.setattr(search, "finetune", lambda *a, **k: pytest.fail("export trained although weights were kept"))
-    kept = lth.export(made["run"], tmp_path / "kept", level=1)
+    kept = lth.export(made["run"], tmp_path / "b" / "ticket", level=1)
     assert kept["metrics"]["retrained"] == retrained["metrics"]["retrained"]
-    assert tree(tmp_path / "kept") == tree(tmp_path / "retrained")
+    assert tree(tmp_path / "b" / "ticket") == tree(tmp_path / "a" / "ticket"), "bit-identical files"
 
 
 def test_a_new_search_keeps_the_levels_asked_for(made, tmp_path):
@@ -401,3 +401,33 @@ def test_predict_truncates_at_the_recorded_length(made, tmp_path, capsys):
     with torch.no_grad():
         by_hand = model(**tokenizer([text], truncation=True, max_length=128, return_tensors="pt")).logits[0].tolist()
     assert scores[()] == pytest.approx(by_hand, abs=2e-6) and scores[()] != pytest.approx(scores[("--max-length", "512")])
+
+
+def test_the_model_card_parses_and_claims_what_ticket_json_holds(made, tmp_path):
+    from huggingface_hub import ModelCard
+
+    info = json.loads((made["root"] / "level2" / "ticket.json").read_text())
+    card = ModelCard.load(made["root"] / "level2" / "model" / "README.md")
+    assert card.data.base_model == made["model"] and "lottery-ticket" in card.data.tags
+    claimed = {(r.metric_name, r.metric_value) for r in card.data.eval_results}
+    recorded = {(f"{name} ({form})", value) for form, values in info["metrics"].items()
+                for name, value in values.items() if value is not None}
+    assert claimed == recorded
+    assert "not judged against the full model" in card.text and "lth export runs/" in card.text
+    assert "model/README.md" in info["files"]["sha256"], "the card is verified like every other file"
+
+
+@pytest.mark.slow
+def test_the_card_says_plainly_whether_the_level_wins(made, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from lth.report.tables import verdict_table
+
+    summary = lth.find(model=made["model"], task=made["train"], eval=made["dev"], runs_dir=str(tmp_path / "runs"),
+                       seeds=2, baselines="random-prune", levels="1", **{**RECIPE, "max_sparsity": 0.5})
+    lth.export(summary["run"], tmp_path / "judged", level=1)
+    text = ModelCard.load(tmp_path / "judged" / "model" / "README.md").text
+    wins = summary["verdict"]["winning"]["accuracy"]["1sigma"] is not None
+    assert ("**a winning ticket**" in text) == wins and ("**not a winning ticket**" in text) == (not wins)
+    assert "random-prune:" in text and "full model (accuracy):" in text
+    assert verdict_table(summary["results"], summary["metrics"], "accuracy")

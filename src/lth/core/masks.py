@@ -85,10 +85,26 @@ def density_map(mask: Mask) -> dict[str, dict[str, float]]:
     attention.self.query), and one row per matrix outside the layers (e.g. pooler.dense)."""
     rows: dict[str, dict[str, float]] = {}
     for name, m in mask.items():
-        found = re.search(r"\.(?:layer|layers|block)\.(\d+)\.(.+)\.weight$", name)
-        row, column = (found[1], found[2]) if found else (name.removesuffix(".weight").split(".", 1)[-1], "")
+        row, column = place(name)
         rows.setdefault(row, {})[column] = m.float().mean().item()
     return rows
+
+
+def place(name: str) -> tuple[str, str]:
+    """A weight's (layer, matrix inside it): ("3", "attention.self.query"); outside the layers (name, "")."""
+    found = re.search(r"\.(?:layer|layers|block)\.(\d+)\.(.+)\.weight$", name)
+    return (found[1], found[2]) if found else (name.removesuffix(".weight").split(".", 1)[-1], "")
+
+
+def type_density(mask: Mask) -> dict[str, float]:
+    """The share of weights kept in each matrix type over all layers (query, ..., ffn-out; pooler.dense)."""
+    counts: dict[str, list[int]] = {}
+    for name, m in mask.items():
+        row, column = place(name)
+        kept = counts.setdefault(short_column(column) if column else row, [0, 0])
+        kept[0] += int(torch.count_nonzero(m))
+        kept[1] += m.numel()
+    return {name: kept / total for name, (kept, total) in counts.items()}
 
 
 def matrix_types(rows: dict[str, dict[str, float]]) -> list[str]:

@@ -11,10 +11,12 @@ and seed (deterministic, so it reproduces the run's own training; the export che
 level's recorded ones) and kept as level_NN/final.safetensors, so a second export is immediate."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import torch
 
+from ..artifacts.card import write_card
 from ..artifacts.compact import load_compact, save_compact
 from ..artifacts.hf import reload_hf, save_hf_folder
 from ..artifacts.manifest import CHECKPOINT, RECORD, verify
@@ -22,6 +24,7 @@ from ..artifacts.manifest import read_record as read_export
 from ..artifacts.onnx import export_onnx
 from ..artifacts.sizes import export_report, sizes
 from ..artifacts.ticket import save_ticket
+from ..core import masks
 from ..core.console import say
 from ..core.devices import auto_precision
 from ..core.errors import LthError
@@ -35,7 +38,8 @@ from ..report.tables import pct
 from ..run.layout import level_dir
 from ..run.records import read_record
 from ..run.settings import FindSettings, check_number
-from ..run.summary import read_settings
+from ..run.summary import read_results, read_settings
+from ..run.verdict import outcomes, summarize
 from .search import Search, open_search
 
 
@@ -89,10 +93,42 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
             result["metrics"][f"fast engine ({engine['precision']})"] = engine["metrics"]
     if onnx:
         result["onnx"] = onnx_check
+    result["sparsity"] = masks.sparsity(mask)
+    write_card(to / "model", result, masks.type_density(mask), judged_at(search, result["sparsity"]),
+               reproduce(search, level, to))
     result["files"] = sizes(to, mask, search.model, dtype)
     save_json(result, to / RECORD)
     print(export_report(result, to, TOLERANCE_POINTS))
     return result
+
+
+def judged_at(search: Search, sparsity: float) -> dict | None:
+    """The verdict at the exported level for the card: the full model, the ticket over seeds and each baseline on
+    the primary metric, and whether it wins; None where the level has no seeds on disk or the full model one seed."""
+    primary = search.task.primary
+    found = read_results(search.run, search.task.metric_names, primary, search.seeds[0], search.judged)
+    row, key = found.table["levels"].get(f"{sparsity:.6f}"), float(f"{sparsity:.6f}")
+    full = summarize(found.table["full"]).get(primary)
+    if not row or not full or full["n"] < 2:
+        return None
+    stats = {name: summarize(runs).get(primary) for name, runs in row.items()}
+    return {"full": full, "ticket": stats.pop("imp"), "baselines": stats,
+            **{rule: outcomes(found.table, primary, rule).get(key) for rule in ("1sigma", "strict")}}
+
+
+def reproduce(search: Search, level: int, to: Path) -> list[str]:
+    """The commands that make this export again: the search (the settings that change results, the data as it
+    was given, how far it went) and the export."""
+    s = search.s
+    given = {**s.hashed(), "data": s.data, "eval": s.eval, "max_sparsity": s.max_sparsity}
+    words = ["lth", "find"]
+    for name, value in given.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        values = value if isinstance(value, list) else [value]
+        words += [flag] if value is True else [w for v in values for w in (flag, shlex.quote(str(v)))]
+    return [" ".join(words), f"lth export runs/{search.name} --level {level} --to {shlex.quote(to.name)}"]
 
 
 def run_identity(info: dict) -> dict:
