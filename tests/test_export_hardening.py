@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -431,3 +432,54 @@ def test_the_card_says_plainly_whether_the_level_wins(made, tmp_path):
     assert ("**a winning ticket**" in text) == wins and ("**not a winning ticket**" in text) == (not wins)
     assert "random-prune:" in text and "full model (accuracy):" in text
     assert verdict_table(summary["results"], summary["metrics"], "accuracy")
+
+
+# -- issue 23: the Hub (its HTTP layer replaced: no network here) ----------------------------------------------
+
+def test_push_sends_exactly_the_verified_files_and_the_card(made, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+
+    sent = {}
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo, **kw: sent.update(repo=repo, private=kw["private"]))
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo, operations, **kw: sent.update(
+        operations={op.path_in_repo: Path(op.path_or_fileobj) for op in operations}, message=kw["commit_message"])
+        or SimpleNamespace(commit_url=f"https://huggingface.co/{repo}/commit/abc"))
+    to = made["root"] / "level2"
+    assert main(["push", str(to), "--repo", "me/tiny-ticket", "--private"]) == 0
+    assert "https://huggingface.co/me/tiny-ticket/commit/abc" in capsys.readouterr().out
+    listed = json.loads((to / "ticket.json").read_text())["files"]["sha256"]
+    assert set(sent["operations"]) == {*listed, "ticket.json", "README.md"} and sent["private"] is True
+    assert all(path == to / name for name, path in sent["operations"].items() if name != "README.md")
+    assert sent["operations"]["README.md"] == to / "model" / "README.md"
+    assert sent["message"] == f"lth ticket: level 2 of {made['run'].name}"
+    damaged = tmp_path / "damaged"
+    shutil.copytree(to, damaged)
+    damage(damaged / "compact" / "compact.safetensors", "flip")
+    sent.clear()
+    assert "compact.safetensors is damaged" in one_line_error(["push", str(damaged), "--repo", "me/x"], capsys)
+    assert sent == {}, "nothing is sent when the export does not verify"
+    assert "owner/name" in one_line_error(["push", str(to), "--repo", "not a repo"], capsys)
+
+
+def test_push_without_a_token_or_a_network_is_one_line(made, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+
+    for reason, advice in (("401 Client Error: Unauthorized", "hf auth login"), ("Connection refused", "network")):
+        def refuse(self, repo, _reason=reason, **kw):
+            raise OSError(_reason)
+        monkeypatch.setattr(HfApi, "create_repo", refuse)
+        assert advice in one_line_error(["push", str(made["root"] / "level2"), "--repo", "me/x"], capsys)
+
+
+def test_apply_ticket_reads_a_hub_id(made, monkeypatch):
+    import lth.artifacts.hub as hub
+
+    asked = []
+    monkeypatch.setattr(hub, "hf_hub_download", lambda repo, name: asked.append((repo, name)) or str(
+        made["root"] / "level2" / "ticket.safetensors"))
+    model = AutoModelForSequenceClassification.from_pretrained(made["model"], num_labels=2)
+    mask = lth.apply_ticket(model, "me/tiny-ticket")
+    assert asked == [("me/tiny-ticket", "ticket.safetensors")] and masks.sparsity(mask) == pytest.approx(0.75, abs=1e-3)
+    monkeypatch.setattr(hub, "hf_hub_download", lambda repo, name: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(lth.LthError, match="could not read ticket.safetensors from the Hub repository me/x"):
+        lth.apply_ticket(model, "me/x")

@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         engine.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                             help="the engine's: bf16 where the CPU has it natively (auto), or as given; fp32 gives "
                             "the exported model's outputs")
+    share = sub.add_parser("push", help="upload an export to the Hugging Face Hub (online)",
+                           description="Uploads exactly the files lth inspect verifies (ticket, model/, compact/, "
+                           "model.onnx, ticket.json) and the model card as the repository's README.md.")
+    share.add_argument("export", help="a folder written by lth export")
+    share.add_argument("--repo", required=True, help="the Hub repository, owner/name (created if missing)")
+    share.add_argument("--private", action="store_true", help="create the repository private")
+    share.add_argument("--token", help="a Hugging Face token (default: the one `hf auth login` stored)")
+    share.add_argument("--message", help="the commit message")
     show = sub.add_parser("report", help="one self-contained HTML page of runs, verdicts and transfers",
                           description="Writes TO/index.html (opens offline, figures inline) with, per run: the "
                           "recipe, metric against sparsity, the verdict, density per layer, mask overlaps, "
@@ -229,6 +237,12 @@ def cmd_predict(args) -> None:
     print(f"{rows} rows labelled: {args.output}")
 
 
+def cmd_push(args) -> None:
+    from .artifacts.hub import push
+
+    print(f"pushed {args.export} to {args.repo}: {push(args.export, args.repo, args.private, args.token, args.message)}")
+
+
 def cmd_report(args) -> None:
     from .report.html import report
 
@@ -237,7 +251,7 @@ def cmd_report(args) -> None:
 
 COMMANDS = {"find": cmd_find, "prunable": cmd_prunable, "verdict": cmd_verdict, "transfer": cmd_transfer,
             "export": cmd_export, "inspect": cmd_inspect, "report": cmd_report, "speed": cmd_speed,
-            "predict": cmd_predict}
+            "predict": cmd_predict, "push": cmd_push}
 
 
 def main(argv: list[str] | None = None) -> int:

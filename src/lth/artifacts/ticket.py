@@ -17,6 +17,7 @@ from ..core.files import DamagedFile
 from ..core.fingerprints import base_fingerprint
 from ..core.models import prunable_weights
 from ..core.tensors import load_tensors, save_tensors, verify_tensors
+from .hub import REPO_ID, hub_file
 from .manifest import check_inside
 
 TICKET = "lth-ticket/1"
@@ -96,6 +97,9 @@ def load_ticket(path: str | Path) -> tuple[masks.Mask, dict]:
 
 
 def ticket_file(path: str | Path) -> Path:
+    """A ticket's file: a ticket.safetensors, the export folder holding it, or a Hub repository id (owner/name)."""
+    if not Path(path).expanduser().exists() and REPO_ID.fullmatch(str(path)):
+        return hub_file(str(path), "ticket.safetensors")
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "ticket.safetensors"
