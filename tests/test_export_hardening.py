@@ -483,3 +483,32 @@ def test_apply_ticket_reads_a_hub_id(made, monkeypatch):
     monkeypatch.setattr(hub, "hf_hub_download", lambda repo, name: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(lth.LthError, match="could not read ticket.safetensors from the Hub repository me/x"):
         lth.apply_ticket(model, "me/x")
+
+
+@pytest.mark.slow
+def test_a_sentence_transformers_base_exports_a_folder_sentence_transformers_loads(tmp_path):
+    """The base's modules.json and pooling go into model/: SentenceTransformer loads the pruned encoder, and its
+    embedding is the mean of the exported encoder's token states."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+
+    base = Path(make_tiny(tmp_path / "st-base"))
+    (base / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (base / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    (base / "1_Pooling").mkdir()
+    (base / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                                 "pooling_mode_mean_tokens": True}))
+    train, dev = toy_task(tmp_path / "data")
+    run = lth.find(model=str(base), task=train, eval=dev, runs_dir=str(tmp_path / "runs"), **RECIPE)["run"]
+    lth.export(run, tmp_path / "ticket", level=2)
+    folder = tmp_path / "ticket" / "model"
+    assert (folder / "modules.json").is_file() and (folder / "1_Pooling" / "config.json").is_file()
+    embedding = SentenceTransformer(str(folder), device="cpu").encode(["a good film"], convert_to_tensor=True)[0]
+    encoder = AutoModel.from_pretrained(folder).eval()
+    batch = AutoTokenizer.from_pretrained(folder)(["a good film"], return_tensors="pt")
+    with torch.no_grad():
+        states = encoder(**batch).last_hidden_state[0]
+    assert torch.allclose(embedding, states.mean(0), atol=1e-5)
+    assert main(["inspect", str(tmp_path / "ticket")]) == 0, "the kept modules are verified like every file"

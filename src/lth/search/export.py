@@ -18,7 +18,7 @@ import torch
 
 from ..artifacts.card import write_card
 from ..artifacts.compact import load_compact, save_compact
-from ..artifacts.hf import reload_hf, save_hf_folder
+from ..artifacts.hf import keep_sentence_transformers, reload_hf, save_hf_folder
 from ..artifacts.manifest import CHECKPOINT, RECORD, verify
 from ..artifacts.manifest import read_record as read_export
 from ..artifacts.onnx import export_onnx
@@ -30,7 +30,7 @@ from ..core.devices import auto_precision
 from ..core.errors import LthError
 from ..core.files import save_json, share
 from ..core.fingerprints import base_fingerprint, combined
-from ..core.models import HEADS
+from ..core.models import HEADS, resolve_model
 from ..core.tensors import load_into, load_tensors, save_model
 from ..core.version import __version__
 from ..engine.engine import load_fast
@@ -73,6 +73,10 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
     save_ticket(mask, to / "ticket.safetensors", about)
     head = HEADS[search.task.head]
     save_hf_folder(search.model, search.tokenizer, to / "model", search.task.label_names)
+    base = Path(resolve_model(search.s.model))
+    if base.is_dir() and keep_sentence_transformers(base, to / "model"):
+        say("the base is a Sentence-Transformers model: its modules are kept in model/, so "
+            "SentenceTransformer(model/) loads the pruned encoder")
     dtype = torch.float16 if fp16 else torch.float32
     save_compact(search.model, mask, to / "compact" / "compact.safetensors", dtype, dict(about))
     search.model.config.save_pretrained(to / "compact")
