@@ -66,3 +66,28 @@ def test_the_readme_keeps_its_two_commands_and_links_pages_that_exist():
     links = re.findall(r"\]\((docs/[^)]+\.md)\)", text)
     assert len(links) >= 9 and all((REPO / link).is_file() for link in links)
     assert len(text.splitlines()) < 150, "the README stays a short page: details go to docs/"
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_installing_lth_keeps_the_torch_a_user_has(tmp_path):
+    """A fresh venv with another torch (a stand-in 2.9.0 package: the real ones are GBs): pip resolving lth's
+    requirements keeps it and would install no torch."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "faketorch"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text('__version__ = "2.9.0"\n')
+    (fake / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=68"]\n'
+                                         'build-backend = "setuptools.build_meta"\n'
+                                         '[project]\nname = "torch"\nversion = "2.9.0"\n')
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip"]
+    subprocess.run([*pip, "install", "-q", str(fake)], check=True, capture_output=True)
+    out = subprocess.run([*pip, "install", "--dry-run", str(REPO)], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    kept = [line for line in out.stdout.splitlines() if line.startswith("Requirement already satisfied: torch")]
+    would = next((line for line in out.stdout.splitlines() if line.startswith("Would install")), "")
+    assert kept and "(2.9.0)" in kept[0] and "torch-" not in would, out.stdout[-2000:]
