@@ -99,6 +99,9 @@ class FindSettings:
     checkpoint_minutes: float = _opt("save a resumable checkpoint at least this often (and every epoch)",
                                      default=10.0, hashed=False)
     threads: int | None = _opt("torch threads (default: all cores)", default=None, hashed=False)
+    head_warmup: int | None = _opt("mlm: steps that fit a new MLM head alone (encoder frozen) on the run's text "
+                                   "before θ0 is saved (default: 300 when the checkpoint has no MLM head; 0: none)",
+                                   default=None, meta={"same_as_default": (0,)})
     keep_weights: str | None = _opt("levels of the search whose trained weights the run keeps, so that lth export of "
                                     "them needs no training: '2,3', '2-4' or 'all' (one model file each)",
                                     default=None, hashed=False)
@@ -132,7 +135,8 @@ class FindSettings:
         """The settings that change results and differ from their defaults (as OpenLTH does: adding a
         new setting with a default later leaves every existing run's name unchanged)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.metadata["hashed"] and getattr(self, f.name) != _default(f)}
+                if f.metadata["hashed"] and getattr(self, f.name) != _default(f)
+                and getattr(self, f.name) not in f.metadata.get("same_as_default", ())}
 
     def digest(self, data: str | None = None) -> str:
         """The run's name: a hash of the settings that change results and, given `data` (a fingerprint of the
@@ -211,7 +215,7 @@ RANGES = {
     "train_limit": AT_LEAST_1, "eval_limit": AT_LEAST_1, "steps": AT_LEAST_1, "batch_size": AT_LEAST_1,
     "eval_batch_size": AT_LEAST_1, "seeds": AT_LEAST_1, "threads": AT_LEAST_1, "doc_stride": AT_LEAST_1,
     "grad_accum": AT_LEAST_1,
-    "seed": AT_LEAST_0, "rewind_step": AT_LEAST_0,
+    "seed": AT_LEAST_0, "rewind_step": AT_LEAST_0, "head_warmup": AT_LEAST_0,
     "max_length": (WHOLE, lambda v: v >= 8, "8 or more tokens"),
     "lr": (REAL, lambda v: v > 0, "a positive number, e.g. 2e-5"),
     "epochs": (REAL, lambda v: v > 0, "a positive number of epochs, e.g. 3"),
@@ -273,6 +277,7 @@ def validate(s: FindSettings) -> None:
            f"--split-articles {s.split_articles!r} is not TRAIN:EVAL; use article counts, e.g. 40:8")
     patterns([*s.include, *s.exclude])
     _check(isinstance(s.distill, bool), f"--distill {s.distill!r}: give True or False")
+    _check(s.task == "mlm" or not s.head_warmup, "--head-warmup is for --task mlm (it fits a new masked-LM head)")
     _check(s.distill or (s.distill_alpha, s.distill_temperature) == (0.5, 2.0),
            "--distill-alpha and --distill-temperature shape the distillation: they need --distill")
 

@@ -62,7 +62,7 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
     if kept is not None:
         print(f"{to} already holds this export (level {level} of {run.name}), complete and intact: nothing to do")
         return kept
-    settings = FindSettings(**{**info["settings"], "levels": None, "baselines": None, "seeds": None,
+    settings = FindSettings(**{"head_warmup": 0, **info["settings"], "levels": None, "baselines": None, "seeds": None,
                                **({"threads": threads} if threads else {})})
     search = open_search(settings, judging=False, at=run)
     mask = search.mask(level)

@@ -55,10 +55,11 @@ def open_search(s: FindSettings, judging: bool = True, at: Path | None = None) -
     task = build_task(s)
     tokenizer = load_tokenizer(s.model)
     data = task.fingerprint()
+    model = task.load_model(s.model, s.seed)
+    s.head_warmup = head_warmup_steps(s, task)  # part of the run's name: it changes θ0
     name = run_name(task.name, s.model, s.digest(data))  # what the run is called wherever its folder now is
     run = at if at is not None else Path(s.runs_dir) / name
     say(f"run {run}")
-    model = task.load_model(s.model, s.seed)
     check_max_length(s.max_length, model, tokenizer, s.model)
     weights = prunable_weights(model, s.include, s.exclude)
     for note in task.notes:
@@ -73,7 +74,8 @@ def open_search(s: FindSettings, judging: bool = True, at: Path | None = None) -
     _note_other_data(run, s, data)
     for leftover in sweep(run) if run.exists() else []:
         say(f"removed {leftover}, left by an interrupted writer")
-    init = _restore_or_save(model, run / "init.safetensors", previous.get("init_sha256"))
+    init = _restore_or_save(model, run / "init.safetensors", previous.get("init_sha256"),
+                            lambda: warm_up_head(search))
     if search.teacher is not None:
         search.teacher.check()
     check_run(run)
@@ -273,18 +275,52 @@ def rewind(model, point: Path, mask: masks.Mask, weights: dict) -> None:
     masks.apply_(weights, mask)
 
 
-def _restore_or_save(model, path: Path, recorded: str | None) -> str | None:
+HEAD_WARMUP, HEAD_LR = 300, 1e-3  # steps and learning rate that fit a new MLM head alone
+
+
+def head_warmup_steps(s: FindSettings, task: Task) -> int:
+    """--head-warmup resolved: by default HEAD_WARMUP steps where the checkpoint had no MLM head, else none."""
+    if s.head_warmup is None:
+        return HEAD_WARMUP if s.task == "mlm" and task.new_head else 0
+    return s.head_warmup
+
+
+def warm_up_head(search: "Search") -> None:
+    """Fit the task head alone, the encoder frozen, for --head-warmup steps on the run's training text (seeded, so a
+    rebuilt θ0 is the same). Weights the head shares with the encoder (a decoder tied to the word embeddings) stay."""
+    steps, model = search.s.head_warmup, search.model
+    if not steps:
+        return
+    encoder = {id(p) for p in getattr(model, model.base_model_prefix).parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in encoder)
+    say(f"fitting the new MLM head alone for {steps} steps before θ0 is saved (--head-warmup)")
+    checkpoint = search.run / "head_warmup.checkpoint.pt"
+    try:
+        finetune(model, masks.ones(search.weights), search.train, replace(search.recipe, steps=steps, lr=HEAD_LR,
+                                                                          warmup=0.0), search.pad_id, checkpoint,
+                 desc="head warm-up", prepare=search.task.prepare, forward=search.task.forward, ranks=search.ranks)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    remove(checkpoint)
+
+
+def _restore_or_save(model, path: Path, recorded: str | None, make=lambda: None) -> str | None:
     """The rewind point θ0 (encoder and new head) is created once, then always read back from disk.
 
-    θ0 is the pre-trained model with a head drawn from the seed, which `model` holds when it is called: a damaged
-    θ0 is rebuilt from it, and kept only if it is bit-identical to the checksum the run recorded."""
+    θ0 is the pre-trained model with a head drawn from the seed, which `model` holds when it is called, after `make`
+    (the head warm-up): a damaged θ0 is rebuilt the same way, and kept only if it is bit-identical to the checksum
+    the run recorded."""
     if not path.exists():
+        make()
         return save_model(model, path)
     try:
         checksum = verify_tensors(path).get(CHECKSUM)
     except DamagedFile:
         if recorded is None:
             raise
+        make()
         rebuilt = path.with_name("init.rebuilt.safetensors")
         if save_model(model, rebuilt) != recorded:
             rebuilt.unlink()

@@ -22,6 +22,7 @@ class Task:
     distilled_per_token: ClassVar[bool] = False  # those outputs have one value per token (SQuAD's start and end)
     fixed_inputs: ClassVar[bool] = True  # a training example is the same every epoch: its teacher outputs are stored
     notes: list[str]
+    new_head = False  # load_model made the task head afresh (masked-LM: the checkpoint had none)
 
     @property
     def regression(self) -> bool:

@@ -255,6 +255,7 @@ class MaskedLMTask(Task):
 
     def load_model(self, name: str, seed: int):
         model, new = attach_mlm_head(name, seed)
+        self.new_head = new
         if new:
             self.notes.append("the checkpoint has no MLM head: a new one was made (seeded, decoder tied to the "
                               "word embeddings) and is part of the rewind point")
