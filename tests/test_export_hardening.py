@@ -512,3 +512,16 @@ def test_a_sentence_transformers_base_exports_a_folder_sentence_transformers_loa
         states = encoder(**batch).last_hidden_state[0]
     assert torch.allclose(embedding, states.mean(0), atol=1e-5)
     assert main(["inspect", str(tmp_path / "ticket")]) == 0, "the kept modules are verified like every file"
+
+
+@pytest.mark.slow
+def test_export_with_speed_puts_the_timing_in_ticket_json_and_the_card(made, tmp_path):
+    from huggingface_hub import ModelCard
+
+    result = lth.export(made["run"], tmp_path / "timed", level=2, speed=True)
+    shapes = result["speed"]["shapes"]
+    assert set(shapes) == {"32x128", "1x128"}
+    assert all("torch fp32" in engines and any(k.startswith("lth") for k in engines) for engines in shapes.values())
+    assert all(v["seconds"] > 0 for engines in shapes.values() for v in engines.values())
+    text = ModelCard.load(tmp_path / "timed" / "model" / "README.md").text
+    assert "Speed measured at export" in text and "| 32x128 |" in text and "| 1x128 |" in text

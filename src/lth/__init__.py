@@ -34,11 +34,11 @@ def transfer(sources: list[str] | str, task: str, level: str | int | None = None
 
 
 def export(run: str, to: str, level: int | None = None, sparsity: float | None = None, fp16: bool = False,
-           onnx: bool = False) -> dict:
+           onnx: bool = False, force: bool = False, speed: bool = False) -> dict:
     """Write a level's ticket, trained model and compact model (as `lth export`); returns ticket.json's content."""
     from .search.export import export as _export
 
-    return _export(run, to, level, sparsity, fp16, onnx)
+    return _export(run, to, level, sparsity, fp16, onnx, force=force, speed=speed)
 
 
 def apply_ticket(model, path: str, check_base: bool = True):

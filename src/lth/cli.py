@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--onnx", action="store_true", help="also write model.onnx, checked with ONNX Runtime")
     ship.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     ship.add_argument("--force", action="store_true", help="replace another export (or other files) in --to")
+    ship.add_argument("--speed", action="store_true", help="also time the ticket on this machine against the dense "
+                      "engines (as lth speed does, 5 rounds) and put the result in ticket.json and the model card")
     look = sub.add_parser("inspect", help="what an artifact is, and its density per layer",
                           description="Describes an export folder, ticket.safetensors, a compact model, a model "
                           "folder, model.onnx, a run's mask.safetensors or a run directory.")
@@ -200,7 +202,7 @@ def cmd_verdict(args) -> None:
 def cmd_export(args) -> None:
     from .search.export import export
 
-    export(args.run, args.to, args.level, args.sparsity, args.fp16, args.onnx, args.threads, args.force)
+    export(args.run, args.to, args.level, args.sparsity, args.fp16, args.onnx, args.threads, args.force, args.speed)
 
 
 def cmd_inspect(args) -> None:

@@ -40,6 +40,21 @@ def verdict_lines(judged: dict | None, primary: str) -> list[str]:
     return lines
 
 
+def speed_section(speed: dict | None) -> str:
+    """The speed measured at export (`lth export --speed`), against the fastest dense engine of the same run."""
+    if not speed:
+        return ""
+    lines = [f"## Speed measured at export ({speed['threads']} threads, median of {speed['repeats']} interleaved "
+             f"rounds, lth's engine in {speed['precision']})", "", "| batch x tokens | lth | fastest dense engine | "
+             "lth's speed-up |", "|---|---|---|---|"]
+    for shape, engines in speed["shapes"].items():
+        dense = {k: v["seconds"] for k, v in engines.items() if not k.startswith("lth")}
+        mine = next(v["seconds"] for k, v in engines.items() if k.startswith("lth"))
+        best = min(dense, key=dense.get)
+        lines.append(f"| {shape} | {mine * 1e3:.2f} ms | {best}: {dense[best] * 1e3:.2f} ms | {dense[best] / mine:.2f}x |")
+    return "\n".join(lines) + "\n\nMeasured on the machine that exported the ticket: rerun `lth speed` on yours.\n\n"
+
+
 def write_card(folder: Path, result: dict, density: dict[str, float], judged: dict | None, commands: list[str]) -> str:
     """Write folder/README.md from what the export measured (`result`: ticket.json's content so far)."""
     primary = next(iter(result["metrics"]["run"]))
@@ -78,7 +93,7 @@ pre-trained weights. Level {result['level']} of the run `{result['run']}`. Base 
 
 {chr(10).join(verdict_lines(judged, primary))}
 
-## How it was made
+{speed_section(result.get("speed"))}## How it was made
 
 Recipe: {", ".join(f"{k} {v}" for k, v in result['recipe'].items() if v is not None)}; schedule:
 {", ".join(f"{k} {v}" for k, v in result['schedule'].items())}.

@@ -33,6 +33,7 @@ from ..core.fingerprints import base_fingerprint, combined
 from ..core.models import HEADS, resolve_model
 from ..core.tensors import load_into, load_tensors, save_model
 from ..core.version import __version__
+from ..engine.bench import compare
 from ..engine.engine import load_fast
 from ..report.tables import pct
 from ..run.layout import level_dir
@@ -44,7 +45,8 @@ from .search import Search, open_search
 
 
 def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: float | None = None,
-           fp16: bool = False, onnx: bool = False, threads: int | None = None, force: bool = False) -> dict:
+           fp16: bool = False, onnx: bool = False, threads: int | None = None, force: bool = False,
+           speed: bool = False) -> dict:
     """Write a level's ticket, trained model, compact model (and ONNX model); returns what ticket.json holds.
 
     The run is only read (the level's kept weights, final.safetensors, are the one file written into it). `to`
@@ -57,7 +59,7 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
     level = choose_level(run, level, sparsity)
     record = read_record(level_dir(run, level) / "metrics.json")
     identity = {"run": run_identity(info), "level": level}
-    options = {"fp16": fp16, "onnx": onnx}
+    options = {"fp16": fp16, "onnx": onnx, "speed": speed}
     kept = existing_export(to, identity, options, force)
     if kept is not None:
         print(f"{to} already holds this export (level {level} of {run.name}), complete and intact: nothing to do")
@@ -97,6 +99,8 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
             result["metrics"][f"fast engine ({engine['precision']})"] = engine["metrics"]
     if onnx:
         result["onnx"] = onnx_check
+    if speed and "metrics" in (engine or {}):
+        result["speed"] = timed(to, head, search.s.max_length, threads or torch.get_num_threads())
     result["sparsity"] = masks.sparsity(mask)
     write_card(to / "model", result, masks.type_density(mask), judged_at(search, result["sparsity"]),
                reproduce(search, level, to))
@@ -104,6 +108,13 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
     save_json(result, to / RECORD)
     print(export_report(result, to, TOLERANCE_POINTS))
     return result
+
+
+def timed(to: Path, head: str, length: int, threads: int, repeats: int = 5) -> dict:
+    """The exported ticket on lth's engine against the dense engines here (`lth speed`), at batch 32 and 1."""
+    fast, dense = load_fast(to), reload_hf(to / "model", head)
+    shapes = compare(dense, fast, [(32, length), (1, length)], repeats, threads)
+    return {"threads": threads, "repeats": repeats, "precision": fast.precision, "shapes": shapes}
 
 
 def judged_at(search: Search, sparsity: float) -> dict | None:
