@@ -190,10 +190,10 @@ def test_a_matrix_pruned_away_is_reported(toy, tmp_path, capsys, monkeypatch):
 
     original = imp._restore_or_save
 
-    def shrink_pooler(model, path, recorded):
+    def shrink_pooler(model, path, recorded, *rest):
         with torch.no_grad():
             model.bert.pooler.dense.weight.mul_(1e-6)
-        return original(model, path, recorded)  # saved as θ0, so every rewind brings the tiny pooler back
+        return original(model, path, recorded, *rest)  # saved as θ0, so every rewind brings the tiny pooler back
 
     monkeypatch.setattr(imp, "_restore_or_save", shrink_pooler)
     # a tiny lr: Adam's first steps (~lr each) would otherwise give the pooler ordinary magnitudes again
