@@ -525,3 +525,17 @@ def test_export_with_speed_puts_the_timing_in_ticket_json_and_the_card(made, tmp
     assert all(v["seconds"] > 0 for engines in shapes.values() for v in engines.values())
     text = ModelCard.load(tmp_path / "timed" / "model" / "README.md").text
     assert "Speed measured at export" in text and "| 32x128 |" in text and "| 1x128 |" in text
+
+
+def test_an_export_by_an_older_lth_is_checked_by_its_recorded_sizes(made, tmp_path, capsys):
+    """Older exports recorded sizes only, and a second export listed ticket.json itself: both still inspect, and a
+    truncated file is still found by its size."""
+    old = tmp_path / "old"
+    shutil.copytree(made["root"] / "level2", old)
+    info = json.loads((old / "ticket.json").read_text())
+    del info["files"]["sha256"]
+    info["files"]["bytes"]["ticket.json"] = 12345  # the size ticket.json had before it was written again
+    (old / "ticket.json").write_text(json.dumps(info))
+    assert main(["inspect", str(old)]) == 0
+    damage(old / "model" / "model.safetensors", "truncate")
+    assert "model.safetensors is damaged (it has" in one_line_error(["inspect", str(old)], capsys)
