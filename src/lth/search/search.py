@@ -35,6 +35,7 @@ from .evaluate import predict
 from .masking import Masks
 from .queue import work
 from .train import Recipe, finetune
+from .warmup import head_warmup_steps, warm_up_head
 
 
 def open_search(s: FindSettings, judging: bool = True, at: Path | None = None) -> "Search":
@@ -273,37 +274,6 @@ def rewind(model, point: Path, mask: masks.Mask, weights: dict) -> None:
     """Reset every weight, encoder and head, to the rewind point; pruned weights become zero."""
     load_into(model, point)
     masks.apply_(weights, mask)
-
-
-HEAD_WARMUP, HEAD_LR = 300, 1e-3  # steps and learning rate that fit a new MLM head alone
-
-
-def head_warmup_steps(s: FindSettings, task: Task) -> int:
-    """--head-warmup resolved: by default HEAD_WARMUP steps where the checkpoint had no MLM head, else none."""
-    if s.head_warmup is None:
-        return HEAD_WARMUP if s.task == "mlm" and task.new_head else 0
-    return s.head_warmup
-
-
-def warm_up_head(search: "Search") -> None:
-    """Fit the task head alone, the encoder frozen, for --head-warmup steps on the run's training text (seeded, so a
-    rebuilt θ0 is the same). Weights the head shares with the encoder (a decoder tied to the word embeddings) stay."""
-    steps, model = search.s.head_warmup, search.model
-    if not steps:
-        return
-    encoder = {id(p) for p in getattr(model, model.base_model_prefix).parameters()}
-    for p in model.parameters():
-        p.requires_grad_(id(p) not in encoder)
-    say(f"fitting the new MLM head alone for {steps} steps before θ0 is saved (--head-warmup)")
-    checkpoint = search.run / "head_warmup.checkpoint.pt"
-    try:
-        finetune(model, masks.ones(search.weights), search.train, replace(search.recipe, steps=steps, lr=HEAD_LR,
-                                                                          warmup=0.0), search.pad_id, checkpoint,
-                 desc="head warm-up", prepare=search.task.prepare, forward=search.task.forward, ranks=search.ranks)
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
-    remove(checkpoint)
 
 
 def _restore_or_save(model, path: Path, recorded: str | None, make=lambda: None) -> str | None:
