@@ -5,7 +5,6 @@ import os
 import struct
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,7 +18,7 @@ from lth.artifacts.ticket import entropy_bytes, load_ticket, pack, unpack
 from lth.cli import main
 from lth.core import masks
 from lth.core.tensors import load_into
-from tiny import make_tiny, toy_task
+from tiny import make_tiny, searched
 
 RECIPE = dict(epochs=6, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, max_sparsity=0.8, precision="fp32",
               threads=1)
@@ -27,12 +26,9 @@ RECIPE = dict(epochs=6, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, m
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    train, dev = toy_task(root / "data")
-    model = make_tiny(root / "model")
-    run = Path(lth.find(model=model, task=train, eval=dev, runs_dir=str(root / "runs"), **RECIPE)["run"])
-    result = lth.export(run, root / "ticket", level=2, onnx=True)
-    return {"root": root, "model": model, "run": run, "to": root / "ticket", "result": result}
+    made = searched(tmp_path_factory.mktemp("export"), **RECIPE)
+    result = lth.export(made["run"], made["root"] / "ticket", level=2, onnx=True)
+    return {**made, "to": made["root"] / "ticket", "result": result}
 
 
 def inputs() -> dict:

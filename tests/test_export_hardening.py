@@ -17,7 +17,7 @@ from lth.artifacts.compact import load_compact
 from lth.cli import main
 from lth.core import masks
 from lth.core.tensors import save_tensors
-from tiny import make_tiny, toy_task
+from tiny import make_tiny, searched, toy_task
 
 RECIPE = dict(epochs=4, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, max_sparsity=0.8, precision="fp32",
               threads=1)
@@ -25,13 +25,10 @@ RECIPE = dict(epochs=4, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, m
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    root = tmp_path_factory.mktemp("exports")
-    train, dev = toy_task(root / "data")
-    model = make_tiny(root / "model")
-    run = Path(lth.find(model=model, task=train, eval=dev, runs_dir=str(root / "runs"), **RECIPE)["run"])
-    lth.export(run, root / "level2", level=2, onnx=True)
-    lth.export(run, root / "level1", level=1)
-    return {"root": root, "run": run, "model": model, "train": train, "dev": dev}
+    made = searched(tmp_path_factory.mktemp("exports"), **RECIPE)
+    lth.export(made["run"], made["root"] / "level2", level=2, onnx=True)
+    lth.export(made["run"], made["root"] / "level1", level=1)
+    return made
 
 
 def one_line_error(argv: list[str], capsys) -> str:

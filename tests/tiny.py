@@ -73,3 +73,13 @@ def toy_task(folder: Path, n_train: int = 96, n_eval: int = 32) -> tuple[str, st
     folder.mkdir(parents=True, exist_ok=True)
     return (write_csv(folder / "train.csv", sentiment_rows(n_train, 1)),
             write_csv(folder / "dev.csv", sentiment_rows(n_eval, 2)))
+
+
+def searched(root: Path, **recipe) -> dict:
+    """A toy task, a tiny BERT and a finished search on them (lth.find with `recipe`): root, model, train, dev, run."""
+    import lth
+
+    train, dev = toy_task(root / "data")
+    model = make_tiny(root / "model")
+    run = Path(lth.find(model=model, task=train, eval=dev, runs_dir=str(root / "runs"), **recipe)["run"])
+    return {"root": root, "model": model, "train": train, "dev": dev, "run": run}

@@ -56,12 +56,14 @@ def read_record(folder: Path) -> dict:
 
 
 def verify(folder: Path, under: str = "") -> dict:
-    """Check the recorded files of an export whose path starts with `under` (every file by default) against their
-    size and checksum; returns ticket.json's content. Raises LthError naming the file and the fix."""
+    """Check the recorded files of an export that are `under` (a file, or a folder: every file by default) against
+    their size and checksum; returns ticket.json's content. Raises LthError naming the file and the fix."""
     info = read_record(folder)
     listed = info["files"].get("sha256")
     if listed is None:  # written by an lth that recorded sizes only
         listed = {name: None for name in info["files"]["bytes"]}
+    if under and under not in listed:
+        under += "/"  # a folder of the export
     fix = (f"export it again: lth export RUN --level {info['level']} --to {folder} --force (RUN: the run folder of "
            f"{info['run']})")
     for name, expected in listed.items():
@@ -86,9 +88,4 @@ def check_inside(path: Path) -> None:
     folder = export_folder(path)
     if folder is None:
         return
-    if path == folder:
-        verify(folder)
-        return
-    under = path.relative_to(folder).as_posix()
-    files = read_record(folder)["files"]
-    verify(folder, under if under in (files.get("sha256") or files["bytes"]) else under + "/")
+    verify(folder, "" if path == folder else path.relative_to(folder).as_posix())

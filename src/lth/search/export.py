@@ -67,7 +67,7 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
     settings = FindSettings(**{"head_warmup": 0, **info["settings"], "levels": None, "baselines": None, "seeds": None,
                                **({"threads": threads} if threads else {})})
     search = open_search(settings, judging=False, at=run)
-    mask = search.mask(level)
+    mask = search.masks.level(level)
     to.mkdir(parents=True, exist_ok=True)
     metrics = trained(search, level, record, to / CHECKPOINT)
     (to / RECORD).unlink(missing_ok=True)  # until the new one is written, the folder reads as an incomplete export

@@ -38,13 +38,14 @@ from .train import Recipe, finetune
 from .warmup import head_warmup_steps, warm_up_head
 
 
-def open_search(s: FindSettings, judging: bool = True, at: Path | None = None) -> "Search":
+def open_search(s: FindSettings, judging: bool = True, at: Path | None = None,
+                task: Task | None = None) -> "Search":
     """Load the task and the model, find or create the run directory, and restore θ0.
 
     Everything that can be refused is checked before a file is written. `judging`: this call chooses the
     levels that get seeds and baselines (a transfer leaves the search's own choice as it was). `at`: an existing
     run, opened read-only wherever its folder now is (export): it is identified by its contents (settings and
-    data), not by its folder's name, and nothing in it is written."""
+    data), not by its folder's name, and nothing in it is written. `task`: the settings' task, when already built."""
     torch.set_num_threads(s.threads or os.cpu_count() or 1)
     ranks = start(s.device)
     only_main_writes(ranks.main)
@@ -53,7 +54,7 @@ def open_search(s: FindSettings, judging: bool = True, at: Path | None = None) -
     if s.batch_size < ranks.world * s.grad_accum:
         raise LthError(f"--batch-size {s.batch_size} is smaller than {ranks.world} processes x --grad-accum "
                        f"{s.grad_accum}: every process needs at least one example of each micro-batch")
-    task = build_task(s)
+    task = task or build_task(s)
     tokenizer = load_tokenizer(s.model)
     data = task.fingerprint()
     model = task.load_model(s.model, s.seed)
@@ -223,9 +224,6 @@ class Search(Plan):
         if self._distilled is None:
             self._distilled = self.teacher.forward()
         return self._distilled
-
-    def mask(self, level: int) -> masks.Mask:
-        return self.masks.level(level)
 
     def evaluate(self, name: str, model=None) -> dict[str, float]:
         """The task's metrics of `model` (the search's own by default) on every evaluation split."""

@@ -74,11 +74,11 @@ def transfer(sources: list[str] | str, task: str, level: str | int | None = None
     targets = [t.strip() for t in task.split(",") if t.strip()]
     if not targets:
         raise LthError(f"--task {task!r} names no task; give one or several, e.g. mrpc,stsb")
-    for target in targets:  # every target's settings and data are checked before the first unit trains
-        build_task(find_settings(task=target, **flags))
+    settings = [find_settings(task=target, **flags) for target in targets]
+    tasks = [build_task(s) for s in settings]  # every target's settings and data checked before anything trains
     summaries, cells = {}, []
-    for target in targets:
-        search = open_search(find_settings(task=target, **flags), judging=False)
+    for target, s, built in zip(targets, settings, tasks):
+        search = open_search(s, judging=False, task=built)
         base = base_fingerprint(search.weights)  # θ0's values: nothing has been trained yet
         units, entries = search.dense_units(), []
         for source in resolved:
