@@ -177,7 +177,9 @@ def cmd_prunable(args) -> None:
 
 def cmd_verdict(args) -> None:
     from .core.files import DamagedFile
-    from .report.tables import verdict_table
+    from .report.tables import cost_table, verdict_table
+    from .run.costs import time_to_ticket
+    from .run.plan import Plan
     from .run.records import check_run
     from .run.summary import read_results, read_settings
 
@@ -196,7 +198,11 @@ def cmd_verdict(args) -> None:
             raise
         print(f"lth: warning: {damage}", file=sys.stderr)
     found = read_results(run, info["metrics"], info["primary"], info["settings"]["seed"], info.get("judged_levels") or [])
-    print(verdict_table(found.table, info["metrics"], metric))
+    print(verdict_table(found.table, info["metrics"], metric, info["settings"].get("search", "imp")))
+    costs = time_to_ticket(Plan(FindSettings(**info["settings"]), run))
+    if costs:
+        print()
+        print(cost_table(costs, found.table, metric))
 
 
 def cmd_export(args) -> None:

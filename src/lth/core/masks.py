@@ -28,6 +28,13 @@ def sparsity(mask: Mask) -> float:
     return 1.0 - kept / total
 
 
+def distance(a: Mask, b: Mask) -> float:
+    """The normalised Hamming distance of two masks of the same weights: the fraction of weights kept by one and
+    pruned by the other (early-bird's measure of a mask that has stopped changing)."""
+    differ = sum(int(torch.count_nonzero(a[name] ^ b[name])) for name in a)
+    return differ / sum(m.numel() for m in a.values())
+
+
 def nearly_empty(mask: Mask, below: float = 0.01) -> dict[str, float]:
     """Matrices keeping less than `below` of their weights: a layer that is effectively gone."""
     densities = {name: m.float().mean().item() for name, m in mask.items()}

@@ -107,6 +107,14 @@ def sparsity_at(level: int, schedule: str, rate: float) -> float:
     return 1.0 - (1.0 - rate) ** level
 
 
+def gradual_sparsity(step: int, end: int, final: float) -> float:
+    """Zhu & Gupta's cubic schedule (2017, with s_i = 0 and t_0 = 0): the sparsity after `step` of `end` pruning
+    steps, fast at first and flat at the end, reaching `final` at `end` and staying there."""
+    if step >= end:
+        return final
+    return final * (1.0 - (1.0 - step / end) ** 3)
+
+
 def planned_levels(schedule: str, rate: float, max_sparsity: float, last: int | None) -> list[float]:
     """Sparsity of every level to run, level 0 first."""
     plan, level = [], 0

@@ -82,7 +82,8 @@ def run_section(page: Page, v: RunView) -> None:
     name, s = v.run.name, v.info["settings"]
     page.add(f'<section><h2 id="run-{name}">{html.escape(name)}</h2>')
     keys = ("model", "task", "lr", "epochs", "steps", "batch_size", "max_length", "schedule", "rate", "strategy",
-            "exclude", "precision") + (("distill", "distill_alpha", "distill_temperature") if s.get("distill") else ())
+            "exclude", "precision") + (("distill", "distill_alpha", "distill_temperature") if s.get("distill") else ()) + (
+            ("search", "draw_every") if s.get("search", "imp") != "imp" else ())
     recipe = ", ".join(f"{k} {s[k]}" for k in keys if s.get(k))
     sizes = ", ".join(f"{k} {n:,}" for k, n in v.info.get("sizes", {}).items())
     page.add(f"<p><b>Recipe:</b> {html.escape(recipe)}<br><b>Data:</b> {html.escape(sizes)}</p>")
@@ -103,6 +104,7 @@ def run_section(page: Page, v: RunView) -> None:
     page.table(rows, f"{name}-levels", "the search: every level's dev metrics (seed 1)")
     if v.verdict:
         verdict_table(page, v, name)
+        cost_table(page, v, name)
     else:
         page.add('<p class="status">no seeds or baselines on disk yet: no verdict (lth find --seeds 3 --baselines all)</p>')
     for fingerprint, entry in v.transfers.items():
@@ -119,7 +121,8 @@ def _sources(entry: dict) -> str:
 
 def verdict_table(page: Page, v: RunView, name: str) -> None:
     kinds = list(dict.fromkeys(k for row in v.results["levels"].values() for k in row))
-    rows = [["sparsity", *kinds, "wins (1σ)", "wins (strict)"]]
+    search = v.info["settings"].get("search", "imp")
+    rows = [["sparsity", *(search if k == "imp" else k for k in kinds), "wins (1σ)", "wins (strict)"]]
     within, strict = outcomes(v.results, v.primary, "1sigma"), outcomes(v.results, v.primary, "strict")
     for sparsity, row in sorted(v.results["levels"].items(), key=lambda x: float(x[0])):
         rows.append([pct(float(sparsity)), *(mean_std(summarize(row.get(k, [])).get(v.primary)) for k in kinds),
@@ -130,6 +133,21 @@ def verdict_table(page: Page, v: RunView, name: str) -> None:
                f"{at(win['1sigma'])} within 1σ, {at(win['strict'])} strictly")
     for note in v.verdict["notes"]:
         page.add(f'<p class="note">note: {html.escape(note)}</p>')
+
+
+def cost_table(page: Page, v: RunView, name: str) -> None:
+    """Time to ticket: what each judged level's ticket cost to draw and to train, beside IMP's steps."""
+    if not v.costs:
+        return
+    within = outcomes(v.results, v.primary, "1sigma")
+    rows = [["sparsity", "steps to draw the mask", "steps to train the ticket", "in all", "× one dense fine-tuning",
+             "IMP's steps", "minutes to draw", "wins (1σ)"]]
+    for c in v.costs:
+        rows.append([pct(c["sparsity"]), str(c["draw_steps"]), str(c["ticket_steps"]), str(c["steps"]),
+                     f"{c['dense_multiple']:.2f}", str(c["imp_steps"]), f"{c['draw_seconds'] / 60:.1f}",
+                     _yes(within.get(round(c["sparsity"], 6), within.get(c["sparsity"])))])
+    page.table(rows, f"{name}-cost", f"time to ticket ({c['search']}): training steps to draw each mask and train its "
+               f"ticket; one dense fine-tuning is {v.costs[0]['dense_steps']} steps")
 
 
 def _yes(value) -> str:

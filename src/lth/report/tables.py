@@ -91,6 +91,28 @@ def verdict_table(table: dict, metrics: list[str], primary: str, judged: str = "
     return "\n".join(lines)
 
 
+# -- time to ticket -------------------------------------------------------------------------------------------
+
+def cost_table(costs: list[dict], table: dict | None = None, primary: str | None = None) -> str:
+    """What each judged level's ticket cost (run.costs.time_to_ticket), in steps and minutes, with its win mark on
+    `primary` when the verdict's `table` is given."""
+    if not costs:
+        return "time to ticket: no finished ticket yet"
+    strict = outcomes(table, primary, "strict") if table and table.get("full") else {}
+    within = outcomes(table, primary, "1sigma") if table and table.get("full") else {}
+    win = {round(s, 6): (strict.get(s), within.get(s)) for s in strict}
+    rows = [["sparsity", "draw steps", "ticket steps", "in all", "x dense", "IMP steps", "draw min", "ticket min",
+             "win"]]
+    for c in costs:
+        minutes = lambda s: "-" if s is None else f"{s / 60:.1f}"  # noqa: E731
+        rows.append([pct(c["sparsity"]), str(c["draw_steps"]), str(c["ticket_steps"]), str(c["steps"]),
+                     f"{c['dense_multiple']:.2f}", str(c["imp_steps"]), minutes(c["draw_seconds"]),
+                     minutes(c["ticket_seconds"]), mark(*win.get(round(c["sparsity"], 6), (None, None)))])
+    search = costs[0]["search"]
+    return "\n".join([f"time to ticket ({search}; one dense fine-tuning is {costs[0]['dense_steps']} steps)", "",
+                      *align(rows, right=True)])
+
+
 # -- the transfer matrix --------------------------------------------------------------------------------------
 
 def matrix_table(cells: list[dict]) -> str:

@@ -10,9 +10,11 @@
     oneshot        magnitudes of θ0                rewind point     judged     all     -                 its own
     standard       magnitudes of its chain         chain's weights  chain      all     previous weights  its own
     transfer       another run's or a file's mask  rewind point     -          all     -                 -
+    draw           all ones, pruned as it trains   θ0               -          search  -                 -
 
 `search`: the search itself, whose trained weights give the next level's mask (and, at level 0, a later rewind
-point). `chain`: keeps its trained weights for its next level, which starts from them (standard pruning). Adding a
+point). `draw`: the one fine-tuning of --search gradual, which prunes as it trains and writes every level's mask.
+`chain`: keeps its trained weights for its next level, which starts from them (standard pruning). Adding a
 kind is one row here and, at most, one small function for its mask (`search.masking`)."""
 from __future__ import annotations
 
@@ -45,6 +47,26 @@ KINDS: dict[str, Kind] = {
     "oneshot": Kind("oneshot", REWIND, "judged", "all", column="oneshot", baseline=True),
     "standard": Kind("chain", CHAIN, "chain", "all", "previous weights", "standard", chain=True, baseline=True),
     "transfer": Kind("source", REWIND, "none", "all"),
+    "draw": Kind("dense", INIT, "none", "search"),
 }
 BASELINES = tuple(name for name, kind in KINDS.items() if kind.baseline)
 COLUMNS = tuple(dict.fromkeys(kind.column for kind in KINDS.values() if kind.column not in (None, "full")))
+
+
+@dataclass(frozen=True)
+class Way:
+    """How a search draws its candidate masks (--search). Whatever draws them, each level's ticket is trained from
+    the rewind point and judged alike."""
+
+    drawer: str | None  # the kind whose unit draws every level's mask as it trains (at level 0, or the draw unit);
+    #                     None: each trunk level's trained weights give the next level's mask (IMP)
+    what: str  # for people: how the masks are drawn
+
+
+WAYS: dict[str, Way] = {
+    "imp": Way(None, "iterative magnitude pruning: each level's mask from the previous level's trained weights"),
+    "early-bird": Way("trunk", "early-bird: every level's mask drawn while the dense model trains (level 0), once "
+                               "it stops changing"),
+    "gradual": Way("draw", "gradual magnitude pruning in one fine-tuning (cubic schedule); each level's mask where "
+                           "the schedule passes its sparsity"),
+}

@@ -10,6 +10,14 @@ def level_dir(run: Path, level: int) -> Path:
     return run / f"level_{level:02d}"
 
 
+DRAW_RECORD = "draw.json"  # in the run's folder: how and when every level's mask was drawn (early-bird, gradual)
+
+
+def draw_dir(run: Path) -> Path:
+    """The one fine-tuning that draws the masks of --search gradual."""
+    return run / "draw"
+
+
 def branch_dir(run: Path, kind: str, seed: int, level: int) -> Path:
     """A seed or baseline of one level: branches/<kind>/seed_<seed>/level_NN."""
     return run / "branches" / kind / f"seed_{seed}" / f"level_{level:02d}"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..core.errors import LthError
 from ..core.pruning import planned_levels
-from .kinds import CHAIN, INIT, KINDS, REINIT
-from .layout import branch_dir, level_dir
+from .kinds import CHAIN, INIT, KINDS, REINIT, WAYS
+from .layout import DRAW_RECORD, branch_dir, draw_dir, level_dir
 from .settings import FindSettings
 from .units import Unit
 
@@ -27,6 +27,30 @@ class Plan:
                        if 0 < level < len(self.plan)]
         self.seeds, self.baselines = s.seed_list(), s.baseline_names()
         self.kept = s.kept_levels(len(self.plan))
+        self.way = WAYS[s.search]
+
+    @property
+    def drawn(self) -> bool:
+        """Whether every level's mask is drawn by one unit (early-bird, gradual) rather than level by level (IMP)."""
+        return self.way.drawer is not None
+
+    def drawn_levels(self) -> dict[int, float]:
+        """The levels whose masks a drawing search draws, with their sparsities: every one up to --max-sparsity
+        (--levels only chooses which are trained and judged)."""
+        plan = planned_levels(self.s.schedule, self.s.rate, self.s.max_sparsity, None)
+        return {level: sparsity for level, sparsity in enumerate(plan) if level > 0}
+
+    def trunk_levels(self) -> list[int]:
+        """The search's own levels that train: every one for IMP (each gives the next its mask); for a drawing
+        search the dense model and the judged levels (their seed of the search)."""
+        return list(range(len(self.plan))) if not self.drawn else [0, *self.judged]
+
+    def draw_units(self) -> list[Unit]:
+        """The unit of its own that draws the masks (gradual), if the search has one."""
+        if self.way.drawer is None or KINDS[self.way.drawer].search:
+            return []
+        seed = self.seeds[0]
+        return [self.unit(self.way.drawer, None, seed, draw_dir(self.run), label=f"{self.s.search} draw seed {seed}")]
 
     def unit(self, kind: str, level: int | None, seed: int, where: Path, needs: tuple = (), **kw) -> Unit:
         """A unit; one that starts from a later rewind point also waits for level 0 to have saved it."""
@@ -61,6 +85,8 @@ class Plan:
     def needs(self, kind: str, seed: int, level: int) -> tuple[Path, ...]:
         """The files a unit of `kind` waits for (its row's `needs`)."""
         wanted = KINDS[kind].needs
+        if self.drawn and wanted in ("previous level", "level mask") and level > 0:
+            return (self.run / DRAW_RECORD,)  # every level's mask at once, when the drawing unit has finished
         if wanted == "previous level" and level > 0:
             return (level_dir(self.run, level - 1) / "metrics.json",)
         if wanted == "level mask":
@@ -80,7 +106,7 @@ def planned_units(plan: Plan) -> list[Unit]:
     before it. The search's own levels come first: they are the critical path when processes share a run. Then
     the dense seeds, the dense starts of chains, and kind by kind over all judged levels (an interrupted run has
     whole columns of the verdict table); the chains' levels last."""
-    units = plan.kind_units("trunk", range(len(plan.plan))) + plan.kind_units("full", [0])
+    units = plan.draw_units() + plan.kind_units("trunk", plan.trunk_levels()) + plan.kind_units("full", [0])
     for chain in plan.chains:  # a seed whose dense run did not keep its weights trains them again
         units += [u for u in plan.kind_units(chain, [0]) if dense_final(plan, chain, u.seed).parent == u.where]
     judged = [kind for kind in ("imp", *plan.baselines) if KINDS[kind].levels == "judged"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..core.files import DamagedFile, load_json
 from ..core.tensors import verify_tensors
 from .kinds import COLUMNS, KINDS
-from .layout import level_dir, random_dir
+from .layout import DRAW_RECORD, level_dir, random_dir
 
 # What a finished unit records; checked whenever a metrics.json is read back.
 RECORD = {"level": (int, type(None)), "kind": str, "seed": int, "sparsity": (int, float), "metrics": dict}
@@ -91,16 +91,25 @@ def check_run(run: Path) -> None:
         read_record(path)
         if (path.parent / "train_loss.json").exists():
             load_json(path.parent / "train_loss.json", {"step_losses": list})
+    drawn = _drawn(run)
     for path in sorted(run.rglob("*.safetensors")):
-        if not _pending(run, path):
+        if not _pending(run, path, drawn):
             verify_tensors(path)
 
 
-def _pending(run: Path, path: Path) -> bool:
+def _drawn(run: Path) -> bool:
+    """Whether the run's masks are drawn by one unit (--search early-bird or gradual), as its settings say."""
+    path = run / "settings.json"
+    return path.exists() and load_json(path, {"settings": dict})["settings"].get("search", "imp") != "imp"
+
+
+def _pending(run: Path, path: Path, drawn: bool = False) -> bool:
     """True for a file that the unfinished unit writing it will write again."""
     if path.parent == run:
         return False
     writer = path.parent
     if path.name == "mask.safetensors" and writer.parent == run and writer.name != "level_00":
+        if drawn:  # every level's mask is written by the drawing unit, which then writes the draw record
+            return not (run / DRAW_RECORD).exists()
         writer = level_dir(run, int(writer.name.split("_")[1]) - 1)  # the trunk's level N-1 prunes to mask N
     return not (writer / "metrics.json").exists()

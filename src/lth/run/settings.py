@@ -17,13 +17,15 @@ from .kinds import BASELINES
 SCHEDULES = ("original", "remaining")
 STRATEGIES = ("global", "layerwise")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SEARCHES = ("imp", "early-bird", "gradual")
 # The settings in groups: how each unit trains (the recipe: the fields of search.train.Recipe), how the search
 # prunes, what is judged, and where and how fast it runs; every other field says what is trained on. The flags
 # stay flat, one per field, and settings.json keeps one flat dict (the run's hash depends on it).
 GROUPS = {
     "recipe": ("steps", "batch_size", "lr", "epochs", "weight_decay", "warmup", "seed", "precision", "grad_accum",
                "checkpoint_minutes"),
-    "pruning": ("schedule", "rate", "max_sparsity", "strategy", "include", "exclude", "rewind_step"),
+    "pruning": ("search", "schedule", "rate", "max_sparsity", "strategy", "include", "exclude", "rewind_step",
+                "draw_every", "early_bird_epsilon"),
     "judging": ("levels", "seeds", "baselines"),
     "run": ("device", "eval_batch_size", "runs_dir", "threads", "keep_weights"),
     "teacher": ("distill", "distill_alpha", "distill_temperature"),
@@ -65,6 +67,15 @@ class FindSettings:
     weight_decay: float = _opt("AdamW weight decay", default=0.0)
     warmup: float = _opt("fraction of each level's steps spent warming up the learning rate", default=0.0)
     seed: int = _opt("seed of the task head, data order and dropout", default=1)
+    search: str = _opt("how the candidate masks are drawn: 'imp' (iterative magnitude pruning, a fine-tuning per "
+                       "level), 'early-bird' (every level's mask drawn while the dense model trains, once it stops "
+                       "changing) or 'gradual' (one fine-tuning that prunes a little every few steps, cubic "
+                       "schedule); each candidate is then trained and judged as an IMP level is",
+                       default="imp", meta={"choices": SEARCHES})
+    draw_every: int | None = _opt("early-bird and gradual: steps between two mask checks (early-bird) or two pruning "
+                                  "steps (gradual) (default: 5%% of a level's steps)", default=None)
+    early_bird_epsilon: float = _opt("early-bird: a level's mask is drawn when the fraction of its weights whose mask "
+                                     "changed since the last check falls below this (0: never early)", default=0.1)
     schedule: str = _opt("'original': each level removes RATE of the original prunable weights (the paper); "
                          "'remaining': each level removes RATE of the weights still alive",
                          default="original", meta={"choices": SCHEDULES})
@@ -136,7 +147,8 @@ class FindSettings:
         new setting with a default later leaves every existing run's name unchanged)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.metadata["hashed"] and getattr(self, f.name) != _default(f)
-                and getattr(self, f.name) not in f.metadata.get("same_as_default", ())}
+                and getattr(self, f.name) not in f.metadata.get("same_as_default", ())
+                or f.name == "max_sparsity" and self.search != "imp"}  # it sets the masks a drawing search makes
 
     def digest(self, data: str | None = None) -> str:
         """The run's name: a hash of the settings that change results and, given `data` (a fingerprint of the
@@ -224,6 +236,8 @@ RANGES = {
     "warmup": (REAL, lambda v: 0 <= v < 1, "a fraction of the steps in [0, 1), e.g. 0.1"),
     "rate": (REAL, lambda v: 0 < v < 1, "in (0, 1): the fraction pruned each level, e.g. 0.2"),
     "max_sparsity": (REAL, lambda v: 0 <= v < 1, "in [0, 1): the fraction of prunable weights removed, e.g. 0.6"),
+    "draw_every": AT_LEAST_1,
+    "early_bird_epsilon": (REAL, lambda v: 0 <= v < 1, "in [0, 1): a fraction of the prunable weights, e.g. 0.1"),
     "distill_alpha": (REAL, lambda v: 0 <= v <= 1, "in [0, 1], e.g. 0.5"),
     "distill_temperature": (REAL, lambda v: v > 0, "a positive temperature, e.g. 2"),
 }
@@ -265,6 +279,9 @@ def validate(s: FindSettings) -> None:
             setattr(s, name, rule[0](value))  # 3.0 given for an int flag through the API becomes 3
     _check(s.schedule in SCHEDULES, f"--schedule {s.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     _check(s.strategy in STRATEGIES, f"--strategy {s.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    _check(s.search in SEARCHES, f"--search {s.search!r}: choose one of {', '.join(SEARCHES)}")
+    _check(s.search != "imp" or s.draw_every is None, "--draw-every is for --search early-bird or gradual")
+    _check(s.search == "early-bird" or s.early_bird_epsilon == 0.1, "--early-bird-epsilon needs --search early-bird")
     _check(s.precision in PRECISIONS, f"--precision {s.precision!r}: choose one of {', '.join(PRECISIONS)}")
     s.chosen_levels()  # raises on a malformed list
     s.kept_levels(0)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..core.errors import LthError
 from ..core.files import load_json
+from .costs import time_to_ticket
 from .plan import Plan, planned_units
 from .records import collect_results, collect_transfers, judged_on_disk, read_record
 from .settings import FindSettings
@@ -55,6 +56,7 @@ class RunView:
     masks: dict[int, Path]
     missing: list[str]
     losses: dict[str, list[float]] = field(default_factory=dict)
+    costs: list[dict] = field(default_factory=list)  # time to ticket (run.costs)
 
     @property
     def primary(self) -> str:
@@ -70,7 +72,7 @@ def read_run(run: Path) -> RunView:
     return RunView(run, info, [read_record(p) for p in sorted(run.glob("level_*/metrics.json"))], found.table,
                    found.verdict, found.transfers,
                    {int(p.parent.name[6:]): p for p in sorted(run.glob("level_*/mask.safetensors"))}, missing,
-                   _losses(run))
+                   _losses(run), time_to_ticket(plan))
 
 
 def _unfinished(run: Path, folder: str) -> list[int]:

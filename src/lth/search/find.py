@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import LthError
-from ..report.tables import levels_table, number, verdict_table
+from ..report.tables import cost_table, levels_table, number, verdict_table
 from ..run.plan import planned_units
 from ..run.settings import FindSettings, find_settings
 from ..run.units import Unit, unique
@@ -32,7 +32,10 @@ def find(settings: FindSettings | None = None, unit: str | None = None, list_uni
     print(levels_table(summary))
     if "verdict" in summary and (len(search.seeds) > 1 or search.baselines):
         print()
-        print(verdict_table(summary["results"], search.task.metric_names, search.task.primary))
+        print(verdict_table(summary["results"], search.task.metric_names, search.task.primary, search.s.search))
+    if summary["time_to_ticket"]:
+        print()
+        print(cost_table(summary["time_to_ticket"], summary.get("results"), search.task.primary))
     if "teacher" in summary:
         teacher = summary["teacher"]
         print(f"teacher (level 0, seed {teacher['seed']}; every pruned unit learned from it): "

@@ -8,10 +8,11 @@ import torch
 from ..core import masks
 from ..core.baselines import oneshot_mask, random_mask
 from ..core.console import say
+from ..core.files import save_json
 from ..core.pruning import prune, sparsity_at
 from ..core.tensors import load_tensors
 from ..run.kinds import KINDS
-from ..run.layout import branch_dir, level_dir
+from ..run.layout import DRAW_RECORD, branch_dir, level_dir
 from ..run.plan import Plan, previous_final
 from ..run.units import Unit
 
@@ -75,13 +76,22 @@ class Masks:
         asking for more sparsity later resumes from here."""
         target = sparsity_at(level + 1, self.s.schedule, self.s.rate)
         if target < 1:
-            new = prune(self.s.strategy, self.weights, mask, target)
-            for name, density in masks.nearly_empty(new).items():
-                say(f"warning: level {level + 1} keeps {density:.1%} of {name}: global magnitude ranks the whole "
-                    "matrix lowest, which cuts the layer out and can collapse the model; if unintended, rerun "
-                    "with --exclude on its name or --strategy layerwise")
-            masks.save(new, level_dir(self.run, level + 1) / "mask.safetensors",
-                       {"level": level + 1, "model": self.s.model, "strategy": self.s.strategy})
+            self.save_level(level + 1, prune(self.s.strategy, self.weights, mask, target))
+
+    def save_drawn(self, drawer) -> None:
+        """Every level's mask from a drawing search (search.draws), then the record of when each was drawn, which
+        the levels' units wait for."""
+        for level, mask in drawer.masks().items():
+            self.save_level(level, mask, {"search": self.s.search})
+        save_json(drawer.record(), self.run / DRAW_RECORD)
+
+    def save_level(self, level: int, mask: masks.Mask, extra: dict | None = None) -> None:
+        for name, density in masks.nearly_empty(mask).items():
+            say(f"warning: level {level} keeps {density:.1%} of {name}: global magnitude ranks the whole "
+                "matrix lowest, which cuts the layer out and can collapse the model; if unintended, rerun "
+                "with --exclude on its name or --strategy layerwise")
+        masks.save(mask, level_dir(self.run, level) / "mask.safetensors",
+                   {"level": level, "model": self.s.model, "strategy": self.s.strategy, **(extra or {})})
 
     def target(self, unit: Unit) -> float:
         if unit.sparsity is not None:

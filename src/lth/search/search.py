@@ -22,6 +22,7 @@ from ..core.metrics import undefined_note
 from ..core.models import check_max_length, load_tokenizer, prunable_weights
 from ..core.tensors import CHECKSUM, load_into, save_model, verify_tensors
 from ..report.tables import level_line
+from ..run.costs import time_to_ticket
 from ..run.kinds import CHAIN, INIT, KINDS, REINIT
 from ..run.layout import run_name
 from ..run.plan import Plan, keeps_final, previous_final
@@ -31,6 +32,7 @@ from ..run.summary import SETTINGS_RECORD, read_results
 from ..run.units import Unit, unique
 from ..tasks import Task, build_task
 from .distill import Teacher
+from .draws import drawer
 from .evaluate import predict
 from .masking import Masks
 from .queue import work
@@ -167,9 +169,13 @@ class Search(Plan):
     def run_unit(self, unit: Unit) -> None:
         started = time.monotonic()
         row = KINDS[unit.kind]
-        mask, first_step, losses = self.train_unit(unit, unit.where / "checkpoint.pt")
+        drawer = self.drawer_of(unit)
+        mask, first_step, losses = self.train_unit(unit, unit.where / "checkpoint.pt", drawer=drawer)
         metrics = self.evaluate(str(unit))
-        if row.search:
+        if drawer is not None:
+            self.masks.save_drawn(drawer)
+            mask = drawer.mask or mask  # what the model holds now (gradual ends pruned)
+        elif row.search and not self.drawn:  # IMP: this level's trained weights give the next level's mask
             self.masks.next_level(unit.level, mask)
         if self.teacher is not None and row.search and unit.level == 0:
             self.teacher.build()
@@ -179,10 +185,11 @@ class Search(Plan):
         if row.chain and unit.level > 1:  # the chain has moved on: drop the weights it came from
             remove(previous_final(self, unit.kind, unit.seed, unit.level))
 
-    def train_unit(self, unit: Unit, checkpoint: Path, desc: str | None = None, keep_rewind: bool = True
-                   ) -> tuple[masks.Mask, int, list[float]]:
+    def train_unit(self, unit: Unit, checkpoint: Path, desc: str | None = None, keep_rewind: bool = True,
+                   drawer=None) -> tuple[masks.Mask, int, list[float]]:
         """Rewind to the unit's starting weights with its mask and fine-tune: (mask, first step, loss per step).
-        The weights stay in self.model. `keep_rewind`: level 0 saves the later rewind point (--rewind-step)."""
+        The weights stay in self.model. `keep_rewind`: level 0 saves the later rewind point (--rewind-step).
+        `drawer`: draws every level's mask as the unit trains (see drawer_of)."""
         row = KINDS[unit.kind]
         forward = self.distilled() if self.distills(unit.kind, unit.level) else self.task.forward  # may load θ_teacher
         mask = self.masks.of(unit)
@@ -194,8 +201,16 @@ class Search(Plan):
         on_step = self._rewind_hook() if row.search and unit.level == 0 and keep_rewind else None
         losses = finetune(self.model, mask, self.train, replace(self.recipe, seed=unit.seed), self.pad_id,
                           checkpoint, start_step=first_step, desc=desc or f"{unit} train", on_step=on_step,
-                          prepare=self.task.prepare, forward=forward, ranks=self.ranks)
+                          prepare=self.task.prepare, forward=forward, ranks=self.ranks, drawer=drawer)
         return mask, first_step, losses
+
+    def drawer_of(self, unit: Unit):
+        """The drawer of a drawing search's unit that draws the masks (level 0 for early-bird, the draw unit for
+        gradual); None for every other unit."""
+        if self.way.drawer != unit.kind or unit.level not in (0, None):
+            return None
+        return drawer(self.s.search, self.weights, self.drawn_levels(), self.s.strategy, self.s.draw_every,
+                      self.recipe.total_steps(len(self.train)), self.s.early_bird_epsilon)
 
     def start(self, unit: Unit) -> tuple[Path, int]:
         """The weights a unit starts from and its first step: tickets and the masks that compete with them
@@ -255,6 +270,7 @@ class Search(Plan):
                    "seeds": self.seeds, "baselines": self.baselines, "judged_levels": self.judged}
         if self.s.distill and levels and levels[0]["level"] == 0:  # for reference: what the students learn from
             summary["teacher"] = {"level": 0, "seed": self.seeds[0], "metrics": levels[0]["metrics"]}
+        summary["search"], summary["time_to_ticket"] = self.s.search, time_to_ticket(self)
         found = read_results(self.run, self.task.metric_names, self.task.primary, self.seeds[0], self.judged)
         if found.table["full"]:
             summary["results"], summary["verdict"] = found.table, found.verdict

@@ -128,7 +128,7 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
              checkpoint: Path, start_step: int = 0, desc: str = "train",
              on_step: Callable[[int], None] | None = None,
              prepare: Callable[[dict, int], dict] | None = None, forward: Callable | None = None,
-             ranks: Ranks | None = None) -> list[float]:
+             ranks: Ranks | None = None, drawer=None) -> list[float]:
     """Train `model` with `mask` held fixed (pruned weights stay exactly zero); returns the loss of every step
     taken (resumed ones included).
 
@@ -136,7 +136,8 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
     `prepare(batch, step)` changes a batch before the model sees it (MLM masks tokens there);
     `forward(model, batch, train)` replaces the model's forward and must return an object with `.loss`.
     With several `ranks`, each process trains on its rows of every global batch (DDP averages the gradients);
-    the step is the same as one process taking the whole batch."""
+    the step is the same as one process taking the whole batch. `drawer` (search.draws) watches every step and may
+    prune further (gradual); its state is saved in the checkpoint."""
     ranks = ranks or Ranks()
     model.to(ranks.device)
     weights, keep = mask_factors(model, mask)
@@ -159,6 +160,10 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
         optimizer.load_state_dict(state["optimizer"])
         _restore_rng(state, ranks)
         step, losses = state["step"], list(state.get("losses", []))
+        if drawer is not None:
+            drawer.restore(state.get("drawer"))
+    if drawer is not None and drawer.mask is not None:  # pruned further before the interruption
+        weights, keep = mask_factors(model, drawer.mask)
     _multiply_(weights, keep)
     lengths = [len(f["input_ids"]) for f in features]
     model.train()
@@ -182,9 +187,14 @@ def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Reci
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if on_step is not None:
                 on_step(step)
+            if drawer is not None and drawer.after_step(step):  # pruned: the step's weights to keep at zero change
+                weights, keep = mask_factors(model, drawer.mask)
+                _multiply_(weights, keep)
             due = step % per_epoch == 0 or step == total or time.monotonic() - saved_at > 60 * recipe.checkpoint_minutes
             if ranks.broadcast(due):  # the main process's clock decides, so every process saves at the same step
                 state = _state(model, optimizer, step, losses, ranks)  # every process: it gathers their RNGs
+                if drawer is not None:
+                    state["drawer"] = drawer.state()
                 if writing():
                     save_checkpoint(state, checkpoint)
                 saved_at = time.monotonic()
