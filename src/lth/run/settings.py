@@ -23,7 +23,7 @@ SEARCHES = ("imp", "early-bird", "gradual")
 # stay flat, one per field, and settings.json keeps one flat dict (the run's hash depends on it).
 GROUPS = {
     "recipe": ("steps", "batch_size", "lr", "epochs", "weight_decay", "warmup", "seed", "precision", "grad_accum",
-               "checkpoint_minutes"),
+               "checkpoint_minutes", "fast_dropout"),
     "pruning": ("search", "schedule", "rate", "max_sparsity", "strategy", "include", "exclude", "rewind_step",
                 "draw_every", "early_bird_epsilon"),
     "judging": ("levels", "seeds", "baselines"),
@@ -100,6 +100,10 @@ class FindSettings:
     precision: str = _opt("'bf16' or 'fp16' autocast (fp16 with a gradient scaler, GPUs only), 'fp32', or 'auto': "
                           "bf16 where the device computes it natively (Ampere+ GPUs, CPUs with avx512_bf16), fp16 "
                           "on older GPUs, else fp32", default="auto", meta={"choices": PRECISIONS})
+    fast_dropout: bool = _opt("draw dropout's masks from random bits, 16 per random int64, instead of one torch "
+                              "random number per element (p rounded to 1/65536; attention as eager attention): "
+                              "faster training steps on a CPU (benchmarks/dropout_cost.py), another random stream",
+                              default=False)
     device: str = _opt("where to train: 'auto' (CUDA if present, else Apple's MPS, else the CPU), 'cpu', 'cuda', "
                        "'cuda:N' or 'mps'; a run moves between devices and resumes", default="auto", hashed=False)
     grad_accum: int = _opt("split each batch into this many micro-batches (the same step, a fraction of the "
@@ -294,6 +298,7 @@ def validate(s: FindSettings) -> None:
            f"--split-articles {s.split_articles!r} is not TRAIN:EVAL; use article counts, e.g. 40:8")
     patterns([*s.include, *s.exclude])
     _check(isinstance(s.distill, bool), f"--distill {s.distill!r}: give True or False")
+    _check(isinstance(s.fast_dropout, bool), f"--fast-dropout {s.fast_dropout!r}: give True or False")
     _check(s.task == "mlm" or not s.head_warmup, "--head-warmup is for --task mlm (it fits a new masked-LM head)")
     _check(s.distill or (s.distill_alpha, s.distill_temperature) == (0.5, 2.0),
            "--distill-alpha and --distill-temperature shape the distillation: they need --distill")

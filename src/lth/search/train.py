@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..core.batches import ROW, TARGETS, Feature, collate, training_order
 from ..core.devices import Ranks, autocast
+from ..core.dropout import bits_dropout
 from ..core.errors import LthError
 from ..core.files import writing
 from ..core.masks import Mask
@@ -35,6 +37,7 @@ class Recipe:
     checkpoint_minutes: float = 10.0
     steps: int | None = None  # a fixed number of steps (MLM) instead of epochs
     grad_accum: int = 1  # micro-batches per optimizer step: the batch is the same, memory is a fraction
+    fast_dropout: bool = False  # dropout masks from random bits (core.dropout)
 
     def total_steps(self, examples: int) -> int:
         return self.steps or math.ceil(self.epochs * self.steps_per_epoch(examples))
@@ -124,6 +127,17 @@ def mask_factors(model: nn.Module, mask: Mask) -> tuple[list[torch.Tensor], list
     return weights, [mask[name].to(device=w.device, dtype=w.dtype) for name, w in zip(pruned, weights)]
 
 
+def _dropout_from_bits(train: Callable) -> Callable:
+    """`train(model, mask, features, recipe, ...)` with recipe.fast_dropout: dropout draws its masks from random
+    bits while it trains (core.dropout), and the model is as it was afterwards."""
+    @functools.wraps(train)
+    def wrapped(model: nn.Module, mask: Mask, features: list[Feature], recipe: Recipe, *args, **kwargs):
+        with bits_dropout(model, recipe.fast_dropout):
+            return train(model, mask, features, recipe, *args, **kwargs)
+    return wrapped
+
+
+@_dropout_from_bits
 def finetune(model: nn.Module, mask: Mask, features: list[Feature], recipe: Recipe, pad_id: int,
              checkpoint: Path, start_step: int = 0, desc: str = "train",
              on_step: Callable[[int], None] | None = None,
