@@ -8,5 +8,9 @@ torch::Tensor sparse_linear(torch::Tensor x, int64_t chunk, torch::Tensor indptr
 torch::Tensor pair_linear(torch::Tensor x, int64_t chunk, torch::Tensor indptr, torch::Tensor indices,
                           torch::Tensor values, torch::Tensor bias, bool gelu, bool bf16_out);
 bool has_pairs();
+torch::Tensor quad_linear(torch::Tensor x, int64_t chunk, torch::Tensor indptr, torch::Tensor indices,
+                          torch::Tensor quads, torch::Tensor wscale, torch::Tensor rowsum, torch::Tensor bias,
+                          bool gelu, bool bf16_out);
+bool has_quads();
 torch::Tensor attention(torch::Tensor qkv, torch::Tensor mask, int64_t heads, double scale);
 std::string attention_dtypes();

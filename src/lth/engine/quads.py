@@ -1,0 +1,86 @@
+"""int8 for the sparse engine: a pruned weight matrix quantised per output row (symmetric, int8) in the quad layout
+of the VNNI kernel (csrc/int8.cpp), whose activations are quantised per token as they are read (dynamic).
+
+The layout: the rows' non-zeros (of the int8 weights; a weight that rounds to 0 is dropped) in column chunks of
+512 (a chunk of the u8 tile is 32 KiB, L1's size), four a quad: `indices` holds four columns a quad (int16,
+relative to the chunk), `values` one int32 a quad with the k-th weight in byte k, a row ending on a quad padded
+with weight 0 on its last column; `scale` (per row, max |w| / 127) and `rowsum` (per row, the sum of its int8
+weights, for the kernel's u8 offset)."""
+from __future__ import annotations
+
+import torch
+
+from .build import native as _native
+
+CHUNK = 512
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 weights, fp32 scale per row): w ≈ q scale, q = round(w / scale) with scale = max |w| / 127."""
+    w = weight.detach().float().cpu()
+    top = w.abs().amax(1)
+    scale = torch.where(top > 0, top / 127, torch.zeros_like(top))
+    q = torch.round(w / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]).clamp(-127, 127)
+    return q.to(torch.int8), scale
+
+
+def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 rows, fp32 scale per row) as the kernel quantises activations: round(x · (127 / max |x|)), nearest even,
+    in fp32 (the reference the kernel is tested against)."""
+    x = x.float()
+    top = x.abs().amax(-1)
+    # 127 / top as one IEEE division, as the kernel computes it (`127 / tensor` is a reciprocal times 127)
+    inverse = torch.where(top > 0, torch.full_like(top, 127.0).div(top), torch.zeros_like(top))
+    return torch.round(x * inverse[..., None]).clamp(-127, 127).to(torch.int8), torch.where(
+        top > 0, top / 127, torch.zeros_like(top))
+
+
+class QuadCSR:
+    """A pruned weight matrix (and bias) in the int8 quad layout (see the module's docstring)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, chunk: int | None = None):
+        q, self.scale = quantize_rows(weight)
+        self.shape = rows, width = tuple(q.shape)
+        if width > 32767:
+            raise ValueError(f"{width} input features do not fit int16 column indices")
+        self.chunk = max(1, min(width, chunk or CHUNK))
+        r, c = (q != 0).nonzero(as_tuple=True)
+        key = (c // self.chunk) * rows + r  # chunk-major, then row, then column
+        order = torch.sort(key * width + c).indices
+        r, c, key = r[order], c[order], key[order]
+        counts = torch.bincount(key, minlength=((width + self.chunk - 1) // self.chunk) * rows)
+        self.indptr = torch.cat([torch.zeros(1, dtype=torch.int64), ((counts + 3) // 4).cumsum(0)])
+        first = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)[:-1]])  # each segment's first
+        slot = 4 * self.indptr[key] + torch.arange(len(key)) - first[key]  # place in the flattened quads
+        quads = int(self.indptr[-1])
+        indices = torch.full((4 * quads,), -1, dtype=torch.int64)
+        values = torch.zeros(4 * quads, dtype=torch.int64)
+        indices[slot] = c % self.chunk
+        values[slot] = q[r, c].to(torch.int64) & 0xFF
+        indices, values = indices.view(-1, 4), values.view(-1, 4)
+        for k in range(1, 4):  # a padded place: the column before it again, weight 0
+            padded = indices[:, k] < 0
+            indices[padded, k] = indices[padded, k - 1]
+        packed = values[:, 0] | values[:, 1] << 8 | values[:, 2] << 16 | values[:, 3] << 24
+        self.indices = indices.reshape(-1).to(torch.int16).contiguous()
+        self.values = torch.where(packed >= 2 ** 31, packed - 2 ** 32, packed).to(torch.int32).contiguous()
+        self.rowsum = q.to(torch.int32).sum(1, dtype=torch.int32).contiguous()
+        self.bias = (torch.zeros(rows) if bias is None else bias.detach().float().cpu()).contiguous()
+
+
+def quad_kernel() -> bool:
+    """Whether the int8 quad kernel (AVX512-VNNI) is built here."""
+    native, _ = _native()
+    return native is not None and native.has_quads()
+
+
+def quad_linear(x: torch.Tensor, layout: QuadCSR, gelu: bool = False, bf16_out: bool = False) -> torch.Tensor:
+    """x (..., in) -> (..., out) ≈ x Wᵀ + b with W and x in int8 (x per token, dynamically), sums exact in int32,
+    then (exact, erf) GELU if asked; bf16 when x is or `bf16_out`, fp32 otherwise. Needs `quad_kernel()`."""
+    if not quad_kernel():
+        raise RuntimeError("the int8 quad layout needs the AVX512-VNNI kernel, not built here")
+    lead, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    flat = flat if flat.dtype in (torch.float32, torch.bfloat16) else flat.float()
+    out = _native()[0].quad_linear(flat.contiguous(), layout.chunk, layout.indptr, layout.indices, layout.values,
+                                   layout.scale, layout.rowsum, layout.bias, gelu, bf16_out)
+    return out.reshape(*lead, layout.shape[0])

@@ -1,0 +1,86 @@
+"""The int8 quad kernel (AVX512-VNNI, csrc/int8.cpp) against a reference written with torch's integer products: random
+shapes and densities (0 and 100% included), ragged rows, empty rows, token counts around the 64-token tile, bf16 in
+and out, fused GELU; and the layout itself."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from lth.engine.quads import QuadCSR, quad_kernel, quad_linear, quantize_rows, quantize_tokens
+
+needs_vnni = pytest.mark.skipif(not quad_kernel(), reason="the CPU has no AVX512-VNNI (no int8 quads here)")
+
+
+def test_the_quad_kernel_is_built_where_the_cpu_has_vnni():
+    flags = Path("/proc/cpuinfo").read_text()
+    assert quad_kernel() == ("avx512_vnni" in flags and "avx512bw" in flags)
+
+
+def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """What the kernel computes: int8 x (per token) times int8 W (per row), summed exactly, scaled, plus bias."""
+    qw, sw = quantize_rows(weight)
+    qx, sx = quantize_tokens(x.reshape(-1, x.shape[-1]))
+    sums = qx.to(torch.int64) @ qw.to(torch.int64).T  # exact
+    return sums.double() * sx.double()[:, None] * sw.double()[None] + bias.double()
+
+
+def pruned(rows: int, width: int, density: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, width, generator=g)
+    keep = torch.rand(rows, width, generator=g) < density
+    keep[::7] = False  # empty rows
+    keep[3::11] = torch.rand(width, generator=g) < 0.9  # ragged: some rows much denser
+    return w * keep
+
+
+@needs_vnni
+@pytest.mark.parametrize("tokens,rows,width,density,chunk", [
+    (1, 16, 16, 0.5, None), (63, 48, 40, 0.3, None), (64, 40, 33, 0.7, 16), (65, 384, 384, 0.5, None),
+    (130, 96, 1536, 0.1, 512), (7, 64, 100, 1.0, None), (9, 32, 17, 0.0, None), (200, 24, 700, 0.05, 128)])
+def test_quad_linear_is_the_int8_product(tokens, rows, width, density, chunk):
+    w, b = pruned(rows, width, density, tokens), torch.randn(rows)
+    x = torch.randn(tokens, width) * torch.rand(tokens, 1) * 3  # tokens of different ranges: per-token scales
+    x[tokens // 2] = 0  # an all-zero token: scale 0, the bias alone
+    y = quad_linear(x, QuadCSR(w, b, chunk=chunk))
+    expected = reference(x, w, b)
+    assert y.dtype == torch.float32 and y.shape == (tokens, rows)
+    assert torch.allclose(y.double(), expected, rtol=1e-5, atol=1e-5 * (1 + expected.abs().max().item()))
+    assert torch.equal(y[tokens // 2], b)
+    exact = x @ w.T + b
+    if density > 0:  # int8 is an approximation of the fp32 product, a close one
+        assert ((y - exact).norm() / exact.norm()).item() < 0.03
+
+
+@needs_vnni
+def test_bf16_in_and_out_and_fused_gelu():
+    w, b = pruned(96, 384, 0.3, 1), torch.randn(96)
+    x = torch.randn(2, 70, 384).bfloat16()
+    layout = QuadCSR(w, b)
+    y = quad_linear(x, layout)
+    expected = reference(x.float(), w, b).float().view(2, 70, 96)
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 70, 96)
+    assert torch.allclose(y.float(), expected, rtol=1e-2, atol=1e-2)  # bf16 output rounding
+    g = quad_linear(x.float(), layout, gelu=True, bf16_out=True)
+    assert g.dtype == torch.bfloat16
+    assert torch.allclose(g.float(), torch.nn.functional.gelu(expected), rtol=1e-2, atol=1e-2)
+
+
+def test_the_layout_packs_four_int8_weights_a_word_and_pads_short_rows():
+    w = torch.zeros(3, 8)
+    w[0, [1, 2, 4, 6, 7]] = torch.tensor([1.0, -2.0, 3.0, 127.0, -127.0])  # 5 non-zeros: two quads
+    w[2, 5] = 0.5  # one: a quad of its column four times, three weights 0
+    layout = QuadCSR(w, chunk=8)
+    assert layout.indptr.tolist() == [0, 2, 2, 3]  # row 1 is empty
+    assert layout.indices.tolist() == [1, 2, 4, 6, 7, 7, 7, 7, 5, 5, 5, 5]
+    as_bytes = layout.values.view(torch.int8).tolist()  # little-endian: the k-th weight in byte k
+    assert as_bytes == [1, -2, 3, 127, -127, 0, 0, 0, 127, 0, 0, 0]
+    assert torch.allclose(layout.scale, torch.tensor([1.0, 0.0, 0.5 / 127]))
+    assert layout.rowsum.tolist() == [2, 0, 127]
+
+
+def test_quantisation_rounds_to_nearest_even_and_keeps_zero_rows():
+    q, s = quantize_rows(torch.tensor([[0.5, -1.0, 0.0], [0.0, 0.0, 0.0]]) * 127)
+    assert q.tolist() == [[64, -127, 0], [0, 0, 0]] or q.tolist() == [[63, -127, 0], [0, 0, 0]]
+    assert s.tolist()[1] == 0.0
+    qx, sx = quantize_tokens(torch.tensor([[2.5, 127.0], [0.0, 0.0]]))
+    assert qx.tolist() == [[2, 127], [0, 0]] and sx.tolist() == [1.0, 0.0]  # 2.5 -> 2: ties to even
