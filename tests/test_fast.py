@@ -378,7 +378,7 @@ def test_predict_in_fp32_gives_the_exported_models_scores(shipped, tmp_path):
     with torch.no_grad():
         want = torch.cat([model(**tokenizer([t], return_tensors="pt")).logits for t in texts])
     assert torch.allclose(torch.tensor(got), want, atol=2e-6)
-    with pytest.raises(lth.LthError, match="give 'auto', 'bf16' or 'fp32'"):
+    with pytest.raises(lth.LthError, match="give 'auto', 'bf16', 'fp32' or 'int8'"):
         lth.load_fast(shipped["to"], precision="fp16")
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lth.engine.quads import QuadCSR, quad_kernel, quad_linear, quantize_rows, quantize_tokens
+from test_fast import shipped  # noqa: F401  (the fixture: a tiny exported ticket)
 
 needs_vnni = pytest.mark.skipif(not quad_kernel(), reason="the CPU has no AVX512-VNNI (no int8 quads here)")
 
@@ -84,3 +85,35 @@ def test_quantisation_rounds_to_nearest_even_and_keeps_zero_rows():
     assert s.tolist()[1] == 0.0
     qx, sx = quantize_tokens(torch.tensor([[2.5, 127.0], [0.0, 0.0]]))
     assert qx.tolist() == [[2, 127], [0, 0]] and sx.tolist() == [1.0, 0.0]  # 2.5 -> 2: ties to even
+
+
+@needs_vnni
+def test_load_fast_in_int8_follows_the_model_and_runs_the_quads_where_chosen(shipped):
+    from transformers import AutoModelForSequenceClassification
+
+    import lth
+    from lth.engine.sparse import SparseLinear
+
+    dense = AutoModelForSequenceClassification.from_pretrained(shipped["to"] / "model").eval()
+    ids = torch.tensor([[2, 5, 14, 6, 17, 3, 0, 0], [2, 10, 15, 9, 11, 12, 18, 3]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        want = dense(**batch).logits
+    fast = lth.load_fast(shipped["to"], precision="int8")
+    assert fast.precision == "int8"
+    layers = [m for m in fast.model.modules() if isinstance(m, SparseLinear)]
+    assert layers and all(m.int8 and isinstance(m.csr, QuadCSR) for m in layers)
+    fast(**batch)
+    for layer in layers:  # every layer on the int8 kernel: the model's outputs within int8's error
+        layer.choice = {k: "sparse" for k in layer.choice}
+    assert torch.allclose(fast(**batch).logits.float(), want, atol=0.05)
+    assert fast(**batch).logits.argmax(-1).tolist() == want.argmax(-1).tolist()
+
+
+def test_int8_is_refused_with_the_reason_where_the_kernel_is_missing(shipped, monkeypatch):
+    import lth
+    import lth.engine.engine
+
+    monkeypatch.setattr(lth.engine.engine, "quad_kernel", lambda: False)
+    with pytest.raises(lth.LthError, match="AVX512-VNNI"):
+        lth.load_fast(shipped["to"], precision="int8")

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--max-length", type=int, help="truncate inputs at this many tokens (default: the length the "
                        "ticket was trained and evaluated with, recorded in ticket.json)")
     for engine in (clock, label):
-        engine.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+        engine.add_argument("--precision", choices=["auto", "bf16", "fp32", "int8"], default="auto",
                             help="the engine's: bf16 where the CPU has it natively (auto), or as given; fp32 gives "
                             "the exported model's outputs")
     share = sub.add_parser("push", help="upload an export to the Hugging Face Hub (online)",

@@ -19,6 +19,7 @@ from ..core.errors import LthError
 from ..core.files import load_json
 from ..core.models import quiet_transformers, read_config
 from .layers import lean_layers
+from .quads import quad_kernel
 from .sparse import SparseLinear, sparsify
 
 
@@ -30,11 +31,13 @@ class FastModel(nn.Module):
     def __init__(self, model: nn.Module, precision: str):
         super().__init__()
         self.model, self.precision = model.eval(), precision
+        # int8 is for the pruned layers' products; around them bf16 where native, else fp32
+        self.rest = auto_precision(torch.device("cpu")) if precision == "int8" else precision
         self.config = model.config
         self.lean = lean_layers(model)
 
     def forward(self, **inputs):
-        with torch.inference_mode(), autocast(torch.device("cpu"), self.precision):
+        with torch.inference_mode(), autocast(torch.device("cpu"), self.rest):
             return self.model(**inputs)
 
     def train(self, mode: bool = True) -> "FastModel":
@@ -52,9 +55,14 @@ def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
     """The trained ticket of an export folder (or any Hugging Face folder with pruned weights) on the fast engine.
 
     `precision`: 'auto' (bf16 where the CPU has it natively, unless the export measured that bf16 moves the
-    ticket's dev metric by more than the tolerance: fp32 then and elsewhere), 'bf16' or 'fp32'."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise LthError(f"precision {precision!r}: give 'auto', 'bf16' or 'fp32'")
+    ticket's dev metric by more than the tolerance: fp32 then and elsewhere), 'bf16', 'fp32' or 'int8' (the pruned
+    layers in int8 on the VNNI kernel where that is faster, activations quantised per token; the rest as 'auto'
+    without int8 would run it)."""
+    if precision not in ("auto", "bf16", "fp32", "int8"):
+        raise LthError(f"precision {precision!r}: give 'auto', 'bf16', 'fp32' or 'int8'")
+    if precision == "int8" and not quad_kernel():
+        raise LthError("precision 'int8' needs a CPU with AVX512-VNNI (and the compiled kernel), which this one has "
+                       "not: use 'bf16' or 'fp32'")
     quiet_transformers()
     folder = Path(path).expanduser()
     folder = folder / "model" if (folder / "model" / "config.json").is_file() else folder
@@ -69,7 +77,8 @@ def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
     if precision == "auto":
         native = auto_precision(torch.device("cpu"))
         precision = native if native == "fp32" or _bf16_keeps_the_metric(folder.parent) else "fp32"
-    sparsify(model, _pruned_names(folder.parent), bf16=precision == "bf16")
+    sparsify(model, _pruned_names(folder.parent), bf16=precision == "bf16" or (
+        precision == "int8" and auto_precision(torch.device("cpu")) == "bf16"), int8=precision == "int8")
     return FastModel(model, precision)
 
 

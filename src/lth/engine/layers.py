@@ -41,7 +41,7 @@ def _fuse_qkv(att: nn.Module) -> None:
     with torch.no_grad():
         fused.weight.copy_(torch.cat([d.weight for d in dense]))
         fused.bias.copy_(torch.cat([d.bias for d in dense]))
-    att.qkv = SparseLinear(fused, parts[0].bf16) if isinstance(parts[0], SparseLinear) else fused
+    att.qkv = SparseLinear(fused, parts[0].bf16, int8=parts[0].int8) if isinstance(parts[0], SparseLinear) else fused
     del att.query, att.key, att.value
 
 

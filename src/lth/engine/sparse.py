@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .kernels import CSR, backend, pair_kernel, sparse_linear
+from .quads import QuadCSR, quad_kernel, quad_linear
 
 DENSE_ABOVE = 0.8  # a matrix keeping more than this is never worth a sparse kernel
 ROUNDS = 3  # timed rounds per implementation when a layer chooses, after one warm-up call of each
@@ -20,12 +21,17 @@ class SparseLinear(nn.Module):
     `bf16`: the sparse kernel returns bf16, as the dense matmul does under bf16 autocast, and where the CPU has
     AVX512-BF16 it also multiplies as that matmul does, bf16 weights by bf16 activations summed in fp32 (the pair
     kernel, twice the products per instruction and half the bytes); elsewhere it multiplies in fp32. `gelu` (the
-    FFN's first layer): GELU is applied inside the kernel, on values still in registers, instead of a second pass."""
+    FFN's first layer): GELU is applied inside the kernel, on values still in registers, instead of a second pass.
+    `int8` (needs `quad_kernel()`): the sparse side is the int8 quad kernel (weights per row, activations per token);
+    the dense side stays the layer's own matmul, so a layer where int8 sparse does not pay keeps it."""
 
-    def __init__(self, linear: nn.Linear, bf16: bool = False, gelu: nn.Module | None = None):
+    def __init__(self, linear: nn.Linear, bf16: bool = False, gelu: nn.Module | None = None, int8: bool = False):
         super().__init__()
-        self.dense, self.bf16, self.gelu = linear, bf16, gelu
-        self.csr = CSR(linear.weight, linear.bias, pairs=bf16 and pair_kernel())
+        self.dense, self.bf16, self.gelu, self.int8 = linear, bf16, gelu, int8
+        if int8 and not quad_kernel():
+            raise RuntimeError("int8 needs the AVX512-VNNI quad kernel, not built here")
+        self.csr = QuadCSR(linear.weight, linear.bias) if int8 else CSR(linear.weight, linear.bias,
+                                                                         pairs=bf16 and pair_kernel())
         self.choice: dict[int, str] = {}
         self.sparse_ok = backend()[0] != "none"
 
@@ -36,7 +42,8 @@ class SparseLinear(nn.Module):
         return self._sparse(x) if self.choice[bucket] == "sparse" else self._dense(x)
 
     def _sparse(self, x: torch.Tensor) -> torch.Tensor:
-        return sparse_linear(x, self.csr, gelu=self.gelu is not None, bf16_out=self.bf16)
+        run = quad_linear if self.int8 else sparse_linear
+        return run(x, self.csr, gelu=self.gelu is not None, bf16_out=self.bf16)
 
     def _dense(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dense(x)
@@ -53,8 +60,9 @@ class SparseLinear(nn.Module):
         return min(timings, key=timings.get)
 
 
-def sparsify(model: nn.Module, names: list[str] | None = None, bf16: bool = False) -> int:
-    """Swap every pruned nn.Linear (or those whose weight is in `names`) for a SparseLinear; returns how many.
+def sparsify(model: nn.Module, names: list[str] | None = None, bf16: bool = False, int8: bool = False) -> int:
+    """Swap every pruned nn.Linear (or those whose weight is in `names`) for a SparseLinear (`bf16`, `int8` as there);
+    returns how many.
 
     A BERT-style FFN-in (a module with `dense` and an exact GELU as `intermediate_act_fn`) gets GELU fused."""
     swapped = 0
@@ -67,7 +75,7 @@ def sparsify(model: nn.Module, names: list[str] | None = None, bf16: bool = Fals
                 continue
             act = getattr(parent, "intermediate_act_fn", None)
             fused = child_name == "dense" and _exact_gelu(act)
-            setattr(parent, child_name, SparseLinear(child, bf16, act if fused else None))
+            setattr(parent, child_name, SparseLinear(child, bf16, act if fused else None, int8))
             if fused:  # the FFN-in is now its linear layer alone: GELU happens inside it
                 object.__setattr__(parent, "forward", getattr(parent, child_name))
             swapped += 1
