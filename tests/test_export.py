@@ -196,14 +196,50 @@ def test_auto_precision_runs_fp32_where_the_export_measured_bf16_moving_the_metr
     copy = tmp_path / "ticket"
     shutil.copytree(shipped["to"], copy)
     native = "bf16" if cpu_has_native_bf16() else "fp32"
-    assert lth.load_fast(copy).precision == native
     info = json.loads((copy / "ticket.json").read_text())
+    info.pop("int8_engine", None)  # int8 is the next test's
+    (copy / "ticket.json").write_text(json.dumps(info))
+    assert lth.load_fast(copy).precision == native
     info["fast_engine"] = {**info["fast_engine"], "precision": "bf16", "moves_points": -0.49,
                            "within_tolerance": False}
     (copy / "ticket.json").write_text(json.dumps(info))
     assert lth.load_fast(copy).precision == "fp32", "measured: bf16 moves the metric too far"
     assert lth.load_fast(copy, precision="bf16").precision == "bf16", "unless asked for"
     assert lth.load_fast(copy / "model").precision == "fp32", "its model/ folder too"
+
+
+def test_int8_is_scored_at_export_and_auto_picks_it_only_within_half_a_point(shipped, tmp_path, monkeypatch):
+    import shutil
+
+    import lth.engine.engine
+    from lth.artifacts.sizes import export_report
+    from lth.core.devices import cpu_has_native_bf16
+    from lth.engine.quads import quad_kernel
+    from lth.search.export import INT8_TOLERANCE_POINTS, TOLERANCE_POINTS
+
+    int8 = shipped["result"].get("int8_engine")
+    assert (int8 is not None) == quad_kernel(), "measured wherever the kernel is built"
+    native = "bf16" if cpu_has_native_bf16() else "fp32"
+    copy = tmp_path / "ticket"
+    shutil.copytree(shipped["to"], copy)
+    info = json.loads((copy / "ticket.json").read_text())
+    if int8 is not None:
+        exported = shipped["result"]["metrics"]["model"]
+        assert int8["precision"] == "int8" and shipped["result"]["metrics"]["fast engine (int8)"] == int8["metrics"]
+        assert int8["moves_points"] == pytest.approx(100 * (int8["metrics"]["accuracy"] - exported["accuracy"]))
+        assert int8["tolerance_points"] == INT8_TOLERANCE_POINTS == 0.5
+        assert int8["within_tolerance"] == (abs(int8["moves_points"]) <= 0.5 + 1e-9)
+    for within, expected in ((True, "int8" if quad_kernel() else native), (False, native)):
+        info["int8_engine"] = {"precision": "int8", "primary": "accuracy", "moves_points": 0.4 if within else -0.6,
+                               "tolerance_points": 0.5, "within_tolerance": within}
+        (copy / "ticket.json").write_text(json.dumps(info))
+        assert lth.load_fast(copy).precision == expected
+        line = export_report({**shipped["result"], "int8_engine": info["int8_engine"]}, copy, TOLERANCE_POINTS)
+        assert ("so lth.load_fast and lth predict/speed run it in int8" in line) == within
+    info["int8_engine"]["within_tolerance"] = True
+    (copy / "ticket.json").write_text(json.dumps(info))
+    monkeypatch.setattr(lth.engine.engine, "quad_kernel", lambda: False)
+    assert lth.load_fast(copy).precision == native, "without VNNI, auto never picks int8"
 
 
 def test_onnx_logits_match(shipped):

@@ -61,6 +61,14 @@ def export_report(result: dict, to: Path, tolerance: float) -> str:
         lines.append(f"  {moved}" + ("" if engine["within_tolerance"] else
                      f": more than {tolerance}, so lth.load_fast and lth predict/speed run this ticket in "
                      "fp32 unless told --precision bf16"))
+    int8 = result.get("int8_engine")
+    if int8 and "error" in int8:
+        lines.append(f"  the int8 engine could not run this model: {int8['error']}")
+    elif int8:
+        lines.append(f"  the fast engine in int8 moves {int8['primary']} by {int8['moves_points']:+.2f} points: "
+                     + (f"within {int8['tolerance_points']}, so lth.load_fast and lth predict/speed run it in int8"
+                        if int8["within_tolerance"] else f"more than {int8['tolerance_points']}, so int8 runs only "
+                        "when asked (--precision int8)"))
     return "\n".join(lines)
 
 

@@ -54,7 +54,8 @@ class FastModel(nn.Module):
 def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
     """The trained ticket of an export folder (or any Hugging Face folder with pruned weights) on the fast engine.
 
-    `precision`: 'auto' (bf16 where the CPU has it natively, unless the export measured that bf16 moves the
+    `precision`: 'auto' (int8 where the CPU has VNNI and the export measured int8 within its tolerance of the dev
+    metric; else bf16 where the CPU has it natively, unless the export measured that bf16 moves the
     ticket's dev metric by more than the tolerance: fp32 then and elsewhere), 'bf16', 'fp32' or 'int8' (the pruned
     layers in int8 on the VNNI kernel where that is faster, activations quantised per token; the rest as 'auto'
     without int8 would run it)."""
@@ -77,6 +78,8 @@ def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
     if precision == "auto":
         native = auto_precision(torch.device("cpu"))
         precision = native if native == "fp32" or _bf16_keeps_the_metric(folder.parent) else "fp32"
+        if quad_kernel() and _int8_keeps_the_metric(folder.parent):
+            precision = "int8"
     sparsify(model, _pruned_names(folder.parent), bf16=precision == "bf16" or (
         precision == "int8" and auto_precision(torch.device("cpu")) == "bf16"), int8=precision == "int8")
     return FastModel(model, precision)
@@ -89,6 +92,14 @@ def _bf16_keeps_the_metric(export: Path) -> bool:
         return True
     engine = load_json(export / "ticket.json").get("fast_engine") or {}
     return engine.get("precision") != "bf16" or engine.get("within_tolerance", True)
+
+
+def _int8_keeps_the_metric(export: Path) -> bool:
+    """True only where `lth export` measured the int8 engine on the dev set within its tolerance (ticket.json's
+    `int8_engine`): int8 is never the default without that measurement."""
+    if not (export / "ticket.json").is_file():
+        return False
+    return bool((load_json(export / "ticket.json").get("int8_engine") or {}).get("within_tolerance", False))
 
 
 def _pruned_names(export: Path) -> list[str] | None:

@@ -35,6 +35,7 @@ from ..core.tensors import load_into, load_tensors, save_model
 from ..core.version import __version__
 from ..engine.bench import compare
 from ..engine.engine import load_fast
+from ..engine.quads import quad_kernel
 from ..report.tables import pct
 from ..run.layout import level_dir
 from ..run.records import read_record
@@ -93,10 +94,12 @@ def export(run: str | Path, to: str | Path, level: int | None = None, sparsity: 
     result["metrics"]["model"] = search.evaluate("exported model", reload_hf(to / "model", head))
     result["metrics"][f"compact ({'fp16' if fp16 else 'fp32'})"] = search.evaluate("compact", load_compact(to / "compact"))
     engine = fast_engine(search, to, result["metrics"]["model"])
-    if engine is not None:
-        result["fast_engine"] = engine
-        if "metrics" in engine:
-            result["metrics"][f"fast engine ({engine['precision']})"] = engine["metrics"]
+    for key, measured in (("fast_engine", engine), ("int8_engine", fast_engine(
+            search, to, result["metrics"]["model"], "int8", INT8_TOLERANCE_POINTS) if quad_kernel() else None)):
+        if measured is not None:
+            result[key] = measured
+            if "metrics" in measured:
+                result["metrics"][f"fast engine ({measured['precision']})"] = measured["metrics"]
     if onnx:
         result["onnx"] = onnx_check
     if speed and "metrics" in (engine or {}):
@@ -182,23 +185,25 @@ def existing_export(to: Path, identity: dict, options: dict, force: bool) -> dic
 
 
 TOLERANCE_POINTS = 0.2  # how far bf16 may move the dev metric before the engine runs the ticket in fp32
+INT8_TOLERANCE_POINTS = 0.5  # how far int8 may move it before 'auto' leaves int8 out
 
 
-def fast_engine(search: Search, to: Path, exported: dict[str, float]) -> dict | None:
-    """The dev metrics of lth's fast engine (`load_fast`: bf16 where the CPU has it) on the export, and how many
-    points its primary metric lies from the exported model's; None where the task's own forward reaches inside the
-    model (masked-LM), which the engine does not wrap."""
+def fast_engine(search: Search, to: Path, exported: dict[str, float], precision: str | None = None,
+                tolerance: float = TOLERANCE_POINTS) -> dict | None:
+    """The dev metrics of lth's fast engine (`load_fast` in `precision`; by default bf16 where the CPU has it) on the
+    export, and how many points its primary metric lies from the exported model's; None where the task's own forward
+    reaches inside the model (masked-LM), which the engine does not wrap."""
     if search.task.forward is not None:
         return None
     try:  # the precision 'auto' picks on this CPU before any measurement (an older ticket.json could sway it)
-        engine = load_fast(to, auto_precision(torch.device("cpu")))
+        engine = load_fast(to, precision or auto_precision(torch.device("cpu")))
         metrics = search.evaluate(f"fast engine ({engine.precision})", engine)
     except Exception as exc:  # a secondary measurement: the export stands without it, and says why
         return {"error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}
     primary = search.task.primary
     moved = (metrics[primary] - exported[primary]) * (1 if search.task.percent else 100)
     return {"precision": engine.precision, "metrics": metrics, "primary": primary, "moves_points": moved,
-            "within_tolerance": abs(moved) <= TOLERANCE_POINTS + 1e-9}
+            "tolerance_points": tolerance, "within_tolerance": abs(moved) <= tolerance + 1e-9}
 
 
 def choose_level(run: Path, level: int | None, sparsity: float | None) -> int:
