@@ -10,6 +10,11 @@ engine, needs a virtual environment of its own and is compared in deepsparse_spe
     python benchmarks/inference_speed.py                       # MiniLM-L6 + a classification head
     python benchmarks/inference_speed.py --model path/to/model --sparsities 0.9 --repeats 5
     python benchmarks/inference_speed.py --precision fp32      # the engine as it runs on a CPU without bf16
+    python benchmarks/inference_speed.py --precision int8 --calibration ../shared/data/glue/SST-2/train.tsv
+
+The dense int8 engines: ONNX Runtime's dynamic quantisation (QInt8 weights) and OpenVINO's int8 model by NNCF's
+post-training quantisation (transformer preset), calibrated on the first 100 sentences of --calibration (a GLUE
+TSV with a `sentence` column, as a user would take ~100 real sentences), or on random token ids without it.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import torch
 
 from lth.core import masks
 from lth.core.devices import auto_precision
-from lth.core.models import load_model, prunable_weights
+from lth.core.models import load_model, load_tokenizer, prunable_weights
 from lth.core.pruning import prune
 from lth.engine.bench import compare, table
 from lth.engine.engine import FastModel
@@ -37,6 +42,17 @@ def pruned_model(name: str, sparsity: float):
     return model, list(weights)
 
 
+def sentences(path: str, model: str, length: int, count: int = 100) -> list[dict]:
+    """The first `count` sentences of a GLUE .tsv, tokenised one a batch (as NNCF's calibration takes them)."""
+    import csv
+
+    tokenizer = load_tokenizer(model)
+    with open(path, newline="") as handle:
+        texts = [row["sentence"] for _, row in zip(range(count), csv.DictReader(handle, delimiter="\t",
+                                                                                   quoting=csv.QUOTE_NONE))]
+    return [dict(tokenizer(text, truncation=True, max_length=length, return_tensors="pt")) for text in texts]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm")
@@ -45,26 +61,40 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                        help="lth's engine: bf16 where native (auto), or fp32 (what a CPU without bf16 runs)")
+    parser.add_argument("--precision", default="auto",
+                        help="lth's engine: bf16 where native (auto), fp32 (what a CPU without bf16 runs), int8 (the "
+                        "VNNI kernel), or several, comma-separated, timed side by side: int8,bf16")
+    parser.add_argument("--calibration", help="a GLUE .tsv with a `sentence` column (SST-2's train.tsv): its first 100 "
+                        "sentences calibrate OpenVINO's int8 model")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    precision = args.precision if args.precision != "auto" else auto_precision(torch.device("cpu"))
-    print(f"sparse kernel: {backend()[1]}; lth engine in {precision}; {args.threads} threads; "
-          f"median of {args.repeats} interleaved rounds")
+    native = auto_precision(torch.device("cpu"))
+    precisions = [native if p.strip() == "auto" else p.strip() for p in args.precision.split(",")]
+    if not set(precisions) <= {"bf16", "fp32", "int8"}:
+        parser.error(f"--precision {args.precision}: give auto, bf16, fp32 or int8, comma-separated")
+    calibration = sentences(args.calibration, args.model, args.length) if args.calibration else None
+    print(f"sparse kernel: {backend()[1]}; lth engine in {', '.join(precisions)}; {args.threads} threads; "
+          f"median of {args.repeats} interleaved rounds; openvino int8 calibrated on "
+          + (f"{len(calibration)} sentences of {args.calibration}" if calibration else "random token ids"))
     found = {}
     for sparsity in (float(s) for s in args.sparsities.split(",")):
         dense, names = pruned_model(args.model, sparsity)
-        engine, _ = pruned_model(args.model, sparsity)
-        swapped = sparsify(engine, names, bf16=precision == "bf16")
-        fast = FastModel(engine, precision)
-        results = compare(dense, fast, [(args.batch_size, args.length), (1, args.length)], args.repeats, args.threads)
-        found[f"{sparsity:.0%}"] = {"results": results, "layers": fast.layers(), "swapped": swapped}
+        fast = []
+        for precision in precisions:
+            engine, _ = pruned_model(args.model, sparsity)
+            swapped = sparsify(engine, names, bf16=precision == "bf16" or (precision == "int8" and native == "bf16"),
+                               int8=precision == "int8")
+            fast.append(FastModel(engine, precision))
+        results = compare(dense, fast, [(args.batch_size, args.length), (1, args.length)], args.repeats, args.threads,
+                          calibration)
+        found[f"{sparsity:.0%}"] = {"results": results, "layers": {f.precision: f.layers() for f in fast},
+                                    "swapped": swapped}
         print(table(results, f"{sparsity:.0%} sparse, "))
-        chosen = [c for layer in fast.layers().values() for c in layer.split(",")]
-        print(f"  layers on the sparse kernel: {sum(c.endswith('sparse') for c in chosen)} of {len(chosen)} "
-              "(layer x input size)")
+        for engine in fast:
+            chosen = [c for layer in engine.layers().values() for c in layer.split(",")]
+            print(f"  {engine.precision}: layers on the sparse kernel: {sum(c.endswith('sparse') for c in chosen)} "
+                  f"of {len(chosen)} (layer x input size)")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(found, handle, indent=2)

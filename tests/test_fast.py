@@ -388,7 +388,8 @@ def test_speed_and_the_benchmark_run_on_a_tiny_model(shipped, capsys):
     assert main(["speed", str(shipped["to"]), "--batch-size", "4", "--length", "16", "--repeats", "2",
                  "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    for engine in ("torch fp32", "torch bf16", "onnxruntime fp32", "openvino f32", "openvino bf16", "lth sparse"):
+    for engine in ("torch fp32", "torch bf16", "onnxruntime fp32", "onnxruntime int8 (dynamic)", "openvino f32",
+                   "openvino bf16", "openvino int8 (nncf)", "lth sparse"):
         assert engine in out, engine
     assert main(["speed", str(shipped["to"]), "--batch-size", "2", "--length", "8", "--repeats", "1",
                  "--threads", "1", "--precision", "fp32"]) == 0

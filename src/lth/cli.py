@@ -234,7 +234,11 @@ def cmd_speed(args) -> None:
                        f"embeddings); use --length {limit} or less")
     dense = reload_hf(fast.model.name_or_path, type(fast.model).__name__)
     print(f"sparse kernel: {backend()[1]}; {threads} threads, median of {args.repeats} interleaved rounds")
-    print(table(compare(dense, fast, [(args.batch_size, args.length), (1, args.length)], args.repeats, threads)))
+    results = compare(dense, fast, [(args.batch_size, args.length), (1, args.length)], args.repeats, threads)
+    print(table(results))
+    if any("openvino int8 (nncf)" in found for found in results.values()):
+        print("openvino int8 (nncf) was calibrated on random token ids: its speed is a user's, its outputs are not "
+              "(benchmarks/inference_speed.py --calibration calibrates it on real sentences)")
 
 
 def cmd_predict(args) -> None:

@@ -1,7 +1,9 @@
 """How fast a trained ticket runs on this machine: lth's engine against the dense engines a user would pick
-(torch fp32 and bf16, ONNX Runtime, OpenVINO f32 and bf16 where installed), interleaved in one process."""
+(torch fp32 and bf16, ONNX Runtime fp32 and dynamic int8, OpenVINO f32, bf16 and int8 by NNCF's post-training
+quantisation, where installed), interleaved in one process."""
 from __future__ import annotations
 
+import logging
 import statistics
 import tempfile
 import time
@@ -33,8 +35,12 @@ def _first(output) -> np.ndarray:
     return value.float().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=np.float32)
 
 
-def engines(dense: nn.Module, fast: FastModel, sample: dict, threads: int) -> dict[str, Callable]:
-    """name -> a function of the inputs returning the first output; the dense engines that are installed."""
+def engines(dense: nn.Module, fast: FastModel | list[FastModel], sample: dict, threads: int,
+            calibration: list[dict] | None = None) -> dict[str, Callable]:
+    """name -> a function of the inputs returning the first output; the dense engines that are installed.
+
+    `calibration`: batches of real inputs for OpenVINO's int8 model (NNCF calibrates its activation ranges on
+    them, as a user does with ~100 sentences); without them it calibrates on `sample`, random token ids."""
     dense.eval()
 
     def torch_run(precision: str):
@@ -56,6 +62,12 @@ def engines(dense: nn.Module, fast: FastModel, sample: dict, threads: int) -> di
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
             found["onnxruntime fp32"] = lambda x: session.run(None, {k: v.numpy() for k, v in x.items()})
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(str(onnx_file), str(onnx_file.with_suffix(".int8.onnx")), weight_type=QuantType.QInt8)
+            quantized = onnxruntime.InferenceSession(str(onnx_file.with_suffix(".int8.onnx")), options,
+                                                     providers=["CPUExecutionProvider"])
+            found["onnxruntime int8 (dynamic)"] = lambda x: quantized.run(None, {k: v.numpy() for k, v in x.items()})
         except ImportError:
             pass
         try:
@@ -67,10 +79,27 @@ def engines(dense: nn.Module, fast: FastModel, sample: dict, threads: int) -> di
             for hint in ("f32", "bf16"):
                 compiled = core.compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": hint})
                 found[f"openvino {hint}"] = (lambda c: lambda x: c({k: v.numpy() for k, v in x.items()}))(compiled)
+            calibrated = _nncf_int8(network, calibration or [sample])
+            if calibrated is not None:
+                int8 = core.compile_model(calibrated, "CPU")
+                found["openvino int8 (nncf)"] = lambda x: int8({k: v.numpy() for k, v in x.items()})
         except ImportError:
             pass
-    found[f"lth sparse ({backend()[0]}, {fast.precision})"] = lambda x: fast(**x)
+    for engine in fast if isinstance(fast, (list, tuple)) else [fast]:  # one or several of lth's engines
+        found[f"lth sparse ({backend()[0]}, {engine.precision})"] = (lambda e: lambda x: e(**x))(engine)
     return found
+
+
+def _nncf_int8(network, batches: list[dict]):
+    """OpenVINO's int8 model of `network` by NNCF post-training quantisation (transformer preset) calibrated on
+    `batches`; None without nncf."""
+    try:
+        import nncf
+    except ImportError:
+        return None
+    nncf.set_log_level(logging.ERROR)
+    data = nncf.Dataset([{k: v.numpy() for k, v in batch.items()} for batch in batches])
+    return nncf.quantize(network, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
 
 
 def measure(runs: dict[str, Callable], x: dict, repeats: int) -> dict[str, float]:
@@ -88,11 +117,12 @@ def measure(runs: dict[str, Callable], x: dict, repeats: int) -> dict[str, float
             for name, t in times.items()}
 
 
-def compare(dense: nn.Module, fast: FastModel, shapes: list[tuple[int, int]], repeats: int, threads: int) -> dict:
-    """{"batch x length": {engine: {"seconds", "max_abs_diff"}}} for each shape."""
+def compare(dense: nn.Module, fast: FastModel | list[FastModel], shapes: list[tuple[int, int]], repeats: int, threads: int,
+            calibration: list[dict] | None = None) -> dict:
+    """{"batch x length": {engine: {"seconds", "max_abs_diff"}}} for each shape (`calibration` as in `engines`)."""
     torch.set_num_threads(threads)
     sample = inputs(dense.config, 2, 16)
-    runs = engines(dense, fast, sample, threads)
+    runs = engines(dense, fast, sample, threads, calibration)
     return {f"{b}x{n}": measure(runs, inputs(dense.config, b, n), repeats) for b, n in shapes}
 
 
