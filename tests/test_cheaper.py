@@ -247,3 +247,14 @@ def test_killed_while_drawing_then_rerun_equals_uninterrupted(toy, tmp_path, sea
     assert drawn(run_a) == drawn(run_b)
     metrics = lambda run: [json.loads(p.read_text())["metrics"] for p in sorted(run.glob("level_*/metrics.json"))]
     assert metrics(run_a) == metrics(run_b)
+
+
+def test_gradual_with_a_teacher_waits_for_it_and_learns_from_it(toy, tmp_path):
+    s = FindSettings(task="x.csv", search="gradual", distill=True, schedule="remaining", rate=0.5, max_sparsity=0.8,
+                     runs_dir=str(tmp_path))
+    draw = Plan(s, tmp_path / "run").draw_units()[0]
+    assert tmp_path / "run" / "level_00" / "metrics.json" in draw.needs, "the teacher is level 0"
+    summary = lth.find(**settings(toy, tmp_path, search="gradual", distill=True, levels="1"))
+    run = Path(summary["run"])
+    assert (run / "teacher.safetensors").exists() and (run / "draw" / "metrics.json").exists()
+    assert [c["level"] for c in summary["time_to_ticket"]] == [1]

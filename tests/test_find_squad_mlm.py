@@ -104,3 +104,18 @@ def test_squad_and_mlm_train_with_a_teacher(model, tmp_path):
     assert set(stored) == {"start_logits", "end_logits"} and stored["start_logits"].shape[1] <= 32
     assert not (Path(lth.find(**mlm, distill=True, distill_alpha=0.9)["run"]) / TEACHER).exists(), \
         "masked-LM's inputs change every step: its teacher is not stored"
+
+
+@pytest.mark.parametrize("search", ["early-bird", "gradual"])
+def test_squad_and_mlm_draw_their_masks_with_the_cheaper_searches(model, tmp_path, search):
+    squad = lth.find(model=model, task="squad", data=squad_file(tmp_path / "s.json"), split_articles="4:2",
+                     max_length=32, doc_stride=8, epochs=1, runs_dir=str(tmp_path / "runs"), search=search, **COMMON)
+    mlm = lth.find(model=model, task="mlm", data=text_file(tmp_path / "train.txt", 60, 1),
+                   eval=text_file(tmp_path / "test.txt", 20, 2), max_length=16, steps=12,
+                   runs_dir=str(tmp_path / "runs"), search=search, draw_every=3, **COMMON)
+    for summary in (squad, mlm):
+        run = Path(summary["run"])
+        drawn = json.loads((run / "draw.json").read_text())
+        assert drawn["search"] == search and [r["level"] for r in drawn["levels"]] == [1]
+        assert masks.sparsity(masks.load(run / "level_01" / "mask.safetensors")) == pytest.approx(0.5, abs=1e-3)
+        assert [r["level"] for r in summary["levels"]] == [0, 1] and summary["time_to_ticket"][0]["level"] == 1
