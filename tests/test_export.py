@@ -229,6 +229,7 @@ def test_int8_is_scored_at_export_and_auto_picks_it_only_within_half_a_point(shi
         assert int8["moves_points"] == pytest.approx(100 * (int8["metrics"]["accuracy"] - exported["accuracy"]))
         assert int8["tolerance_points"] == INT8_TOLERANCE_POINTS == 0.5
         assert int8["within_tolerance"] == (abs(int8["moves_points"]) <= 0.5 + 1e-9)
+    monkeypatch.setattr(lth.engine.engine, "cpu_flags", lambda: frozenset({"avx512_vnni"}))  # a CPU without AMX
     for within, expected in ((True, "int8" if quad_kernel() else native), (False, native)):
         info["int8_engine"] = {"precision": "int8", "primary": "accuracy", "moves_points": 0.4 if within else -0.6,
                                "tolerance_points": 0.5, "within_tolerance": within}
@@ -238,6 +239,9 @@ def test_int8_is_scored_at_export_and_auto_picks_it_only_within_half_a_point(shi
         assert ("so lth.load_fast and lth predict/speed run it in int8" in line) == within
     info["int8_engine"]["within_tolerance"] = True
     (copy / "ticket.json").write_text(json.dumps(info))
+    monkeypatch.setattr(lth.engine.engine, "cpu_flags", lambda: frozenset({"avx512_vnni", "amx_bf16"}))
+    assert lth.load_fast(copy).precision == native, "with AMX, dense bf16 is faster: auto stays bf16"
+    monkeypatch.setattr(lth.engine.engine, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
     monkeypatch.setattr(lth.engine.engine, "quad_kernel", lambda: False)
     assert lth.load_fast(copy).precision == native, "without VNNI, auto never picks int8"
 

@@ -66,7 +66,8 @@ def export_report(result: dict, to: Path, tolerance: float) -> str:
         lines.append(f"  the int8 engine could not run this model: {int8['error']}")
     elif int8:
         lines.append(f"  the fast engine in int8 moves {int8['primary']} by {int8['moves_points']:+.2f} points: "
-                     + (f"within {int8['tolerance_points']}, so lth.load_fast and lth predict/speed run it in int8"
+                     + (f"within {int8['tolerance_points']}, so lth.load_fast and lth predict/speed run it in int8 "
+                        "on a CPU with VNNI and no AMX"
                         if int8["within_tolerance"] else f"more than {int8['tolerance_points']}, so int8 runs only "
                         "when asked (--precision int8)"))
     return "\n".join(lines)

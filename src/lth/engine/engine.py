@@ -14,7 +14,7 @@ from torch import nn
 
 from ..artifacts.manifest import check_inside
 from ..artifacts.ticket import read_meta
-from ..core.devices import auto_precision, autocast
+from ..core.devices import auto_precision, autocast, cpu_flags
 from ..core.errors import LthError
 from ..core.files import load_json
 from ..core.models import quiet_transformers, read_config
@@ -54,8 +54,8 @@ class FastModel(nn.Module):
 def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
     """The trained ticket of an export folder (or any Hugging Face folder with pruned weights) on the fast engine.
 
-    `precision`: 'auto' (int8 where the CPU has VNNI and the export measured int8 within its tolerance of the dev
-    metric; else bf16 where the CPU has it natively, unless the export measured that bf16 moves the
+    `precision`: 'auto' (int8 where the CPU has VNNI but no AMX and the export measured int8 within its tolerance of
+    the dev metric; else bf16 where the CPU has it natively, unless the export measured that bf16 moves the
     ticket's dev metric by more than the tolerance: fp32 then and elsewhere), 'bf16', 'fp32' or 'int8' (the pruned
     layers in int8 on the VNNI kernel where that is faster, activations quantised per token; the rest as 'auto'
     without int8 would run it)."""
@@ -78,8 +78,8 @@ def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
     if precision == "auto":
         native = auto_precision(torch.device("cpu"))
         precision = native if native == "fp32" or _bf16_keeps_the_metric(folder.parent) else "fp32"
-        if quad_kernel() and _int8_keeps_the_metric(folder.parent):
-            precision = "int8"
+        if quad_kernel() and "amx_bf16" not in cpu_flags() and _int8_keeps_the_metric(folder.parent):
+            precision = "int8"  # with AMX, dense bf16 matmuls outrun the int8 kernel (docs/speed.md): bf16 there
     sparsify(model, _pruned_names(folder.parent), bf16=precision == "bf16" or (
         precision == "int8" and auto_precision(torch.device("cpu")) == "bf16"), int8=precision == "int8")
     return FastModel(model, precision)
