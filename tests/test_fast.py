@@ -221,6 +221,25 @@ def test_load_fast_predicts_as_the_masked_model(shipped):
     assert torch.allclose(half(**batch).logits.float(), want, atol=0.05)
 
 
+def test_bf16_keeps_linear_weights_in_bf16_with_the_outputs_autocast_gives(shipped, monkeypatch):
+    import lth.engine.engine
+
+    ids = torch.tensor([[2, 5, 14, 6, 17, 3, 0, 0], [2, 10, 15, 9, 11, 12, 18, 3]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
+    cast = lth.load_fast(shipped["to"], precision="bf16")
+    monkeypatch.setattr(lth.engine.engine, "_linear_weights_in_bf16", lambda model: None)
+    uncast = lth.load_fast(shipped["to"], precision="bf16")
+    linears = [m for m in cast.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert all(m.weight.dtype == torch.float32 for m in uncast.model.modules() if isinstance(m, torch.nn.Linear))
+    for fast in (cast, uncast):
+        fast(**batch)
+        for layer in fast.model.modules():  # the same path in both: the dense matmul, cast once or every call
+            if isinstance(layer, SparseLinear):
+                layer.choice = {k: "dense" for k in layer.choice}
+    assert torch.equal(cast(**batch).logits, uncast(**batch).logits)
+
+
 @pytest.mark.parametrize("arch, lean", [("bert", 2), ("roberta", 2), ("electra", 2), ("distilbert", 0)])
 def test_lean_layers_compute_what_the_hf_layers_compute(arch, lean, tmp_path):
     from transformers import AutoModel

@@ -35,6 +35,8 @@ class FastModel(nn.Module):
         self.rest = auto_precision(torch.device("cpu")) if precision == "int8" else precision
         self.config = model.config
         self.lean = lean_layers(model)
+        if self.rest == "bf16":
+            _linear_weights_in_bf16(model)
 
     def forward(self, **inputs):
         with torch.inference_mode(), autocast(torch.device("cpu"), self.rest):
@@ -49,6 +51,15 @@ class FastModel(nn.Module):
         """Per swapped layer, which implementation each input size uses (after the first calls)."""
         return {name: ",".join(f"{b}:{c}" for b, c in sorted(m.choice.items())) or "not run yet"
                 for name, m in self.model.named_modules() if isinstance(m, SparseLinear)}
+
+
+def _linear_weights_in_bf16(model: nn.Module) -> None:
+    """Every nn.Linear's weight and bias (a sparse layer's dense path included) in bf16, once: bf16 autocast casts
+    them to exactly these values on every call otherwise, which at batch 1 is a good part of the time (measured:
+    benchmarks/results/design-measurements.md)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.to(torch.bfloat16)
 
 
 def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
