@@ -103,3 +103,15 @@ def test_own_dense_path_times_the_engine_against_itself_all_dense(tmp_path):
     lines = [line for line in out.splitlines() if "own dense path" in line]
     assert [line.split(":")[0] for line in lines] == ["4x16", "1x16"]
 
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_dropout_cost_int8_kernels_and_bf16_weights_run(tmp_path):
+    model = make_tiny(tmp_path / "bert")
+    out = run_script("dropout_cost.py", "--model", model, "--length", "8", "--rounds", "2", "--threads", "1")
+    assert all(name in out for name in ("torch dropout", "--fast-dropout", "no dropout (bound)"))
+    out = run_script("int8_kernels.py", "--tokens", "16", "--sparsity", "0.5", "--rounds", "1", "--threads", "1")
+    assert out.count("tokens") == 4 and "lth fp32 CSR" in out and "torch dense fp32" in out
+    out = run_script("bf16_weights.py", "--model", model, "--length", "8")
+    assert out.count("cast once") == 4
