@@ -208,7 +208,7 @@ def test_auto_precision_runs_fp32_where_the_export_measured_bf16_moving_the_metr
     assert lth.load_fast(copy / "model").precision == "fp32", "its model/ folder too"
 
 
-def test_int8_is_scored_at_export_and_auto_picks_it_only_within_half_a_point(shipped, tmp_path, monkeypatch):
+def test_int8_is_scored_at_export_and_auto_picks_it_only_within_half_a_point(shipped, tmp_path, monkeypatch, capsys):
     import shutil
 
     import lth.engine.engine
@@ -234,13 +234,21 @@ def test_int8_is_scored_at_export_and_auto_picks_it_only_within_half_a_point(shi
         info["int8_engine"] = {"precision": "int8", "primary": "accuracy", "moves_points": 0.4 if within else -0.6,
                                "tolerance_points": 0.5, "within_tolerance": within}
         (copy / "ticket.json").write_text(json.dumps(info))
-        assert lth.load_fast(copy).precision == expected
+        fast = lth.load_fast(copy)
+        assert fast.precision == expected
+        if quad_kernel():
+            assert fast.why.startswith("lth export measured int8 moving accuracy by +0.40") if within else \
+                "int8 moved accuracy by -0.60 points on the dev set, past 0.5" in fast.why
         line = export_report({**shipped["result"], "int8_engine": info["int8_engine"]}, copy, TOLERANCE_POINTS)
         assert ("so lth.load_fast and lth predict/speed run it in int8" in line) == within
     info["int8_engine"]["within_tolerance"] = True
     (copy / "ticket.json").write_text(json.dumps(info))
     monkeypatch.setattr(lth.engine.engine, "cpu_flags", lambda: frozenset({"avx512_vnni", "amx_bf16"}))
     assert lth.load_fast(copy).precision == native, "with AMX, dense bf16 is faster: auto stays bf16"
+    if quad_kernel():
+        assert "int8 left out: with AMX" in lth.load_fast(copy).why
+        assert main(["inspect", str(copy)]) == 0
+        assert "run it in " + native + ": " in capsys.readouterr().out
     monkeypatch.setattr(lth.engine.engine, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
     monkeypatch.setattr(lth.engine.engine, "quad_kernel", lambda: False)
     assert lth.load_fast(copy).precision == native, "without VNNI, auto never picks int8"

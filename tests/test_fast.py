@@ -410,6 +410,7 @@ def test_speed_and_the_benchmark_run_on_a_tiny_model(shipped, capsys):
     for engine in ("torch fp32", "torch bf16", "onnxruntime fp32", "onnxruntime int8 (dynamic)", "openvino f32",
                    "openvino bf16", "openvino int8 (nncf)", "lth sparse"):
         assert engine in out, engine
+    assert "lth's engine runs in " in out, "and why"
     assert main(["speed", str(shipped["to"]), "--batch-size", "2", "--length", "8", "--repeats", "1",
                  "--threads", "1", "--precision", "fp32"]) == 0
     assert "lth sparse (native, fp32)" in capsys.readouterr().out

@@ -215,6 +215,12 @@ def cmd_inspect(args) -> None:
     from .artifacts.inspect import inspect
 
     print(inspect(args.path))
+    export = Path(args.path).expanduser()
+    if (export / "ticket.json").is_file() and (export / "model").is_dir():
+        from .engine.engine import choose_precision
+
+        precision, why = choose_precision(export)
+        print(f"on this machine lth.load_fast and lth predict/speed run it in {precision}: {why}")
 
 
 def cmd_speed(args) -> None:
@@ -234,6 +240,7 @@ def cmd_speed(args) -> None:
                        f"embeddings); use --length {limit} or less")
     dense = reload_hf(fast.model.name_or_path, type(fast.model).__name__)
     print(f"sparse kernel: {backend()[1]}; {threads} threads, median of {args.repeats} interleaved rounds")
+    print(f"lth's engine runs in {fast.precision}: {fast.why}")
     results = compare(dense, fast, [(args.batch_size, args.length), (1, args.length)], args.repeats, threads)
     print(table(results))
     if any("openvino int8 (nncf)" in found for found in results.values()):

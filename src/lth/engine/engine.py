@@ -28,9 +28,9 @@ class FastModel(nn.Module):
 
     BERT-style encoder layers also get a lean forward (`lean_layers`)."""
 
-    def __init__(self, model: nn.Module, precision: str):
+    def __init__(self, model: nn.Module, precision: str, why: str = "as asked"):
         super().__init__()
-        self.model, self.precision = model.eval(), precision
+        self.model, self.precision, self.why = model.eval(), precision, why
         # int8 is for the pruned layers' products; around them bf16 where native, else fp32
         self.rest = auto_precision(torch.device("cpu")) if precision == "int8" else precision
         self.config = model.config
@@ -86,31 +86,46 @@ def load_fast(path: str | Path, precision: str = "auto") -> FastModel:
         model = getattr(transformers, config.architectures[0]).from_pretrained(folder, attn_implementation="eager")
     except Exception as exc:  # a damaged or foreign folder
         raise LthError(f"could not load the model in {folder} ({type(exc).__name__}); export it again") from None
-    if precision == "auto":
-        native = auto_precision(torch.device("cpu"))
-        precision = native if native == "fp32" or _bf16_keeps_the_metric(folder.parent) else "fp32"
-        if quad_kernel() and "amx_bf16" not in cpu_flags() and _int8_keeps_the_metric(folder.parent):
-            precision = "int8"  # with AMX, dense bf16 matmuls outrun the int8 kernel (docs/speed.md): bf16 there
+    precision, why = choose_precision(folder.parent) if precision == "auto" else (precision, "as asked")
     sparsify(model, _pruned_names(folder.parent), bf16=precision == "bf16" or (
         precision == "int8" and auto_precision(torch.device("cpu")) == "bf16"), int8=precision == "int8")
-    return FastModel(model, precision)
+    return FastModel(model, precision, why)
+
+
+def choose_precision(export: Path) -> tuple[str, str]:
+    """What precision='auto' runs an export in on this CPU, and why (lth speed and lth inspect say it): int8 where
+    the CPU has VNNI but no AMX and `lth export` measured int8 within its tolerance of the dev metric; else bf16 where
+    the CPU has it natively, unless the export measured bf16 moving the metric past its tolerance; else fp32."""
+    native = auto_precision(torch.device("cpu"))
+    if native == "fp32":
+        precision, why = "fp32", "this CPU has no native bf16"
+    elif not _bf16_keeps_the_metric(export):
+        precision, why = "fp32", "lth export measured bf16 moving the dev metric past its tolerance"
+    else:
+        precision, why = "bf16", "native bf16 on this CPU"
+    int8 = _measured(export, "int8_engine")
+    if not quad_kernel():
+        return precision, why + "; int8 needs AVX512-VNNI, not here"
+    if "amx_bf16" in cpu_flags():  # measured: lth's int8 engine ran slower than its bf16 one there (docs/speed.md)
+        return precision, why + "; int8 left out: with AMX the dense bf16 matmuls are faster than the int8 kernel"
+    if not int8:
+        return precision, why + "; int8 not measured on the dev set (export it again with this lth to measure it)"
+    if not int8.get("within_tolerance"):
+        return precision, why + (f"; int8 moved {int8.get('primary')} by {int8.get('moves_points', 0):+.2f} points "
+                                 "on the dev set, past 0.5")
+    return "int8", (f"lth export measured int8 moving {int8.get('primary')} by {int8.get('moves_points', 0):+.2f} "
+                    "points on the dev set (within 0.5), and this CPU has VNNI without AMX")
+
+
+def _measured(export: Path, key: str) -> dict:
+    return (load_json(export / "ticket.json").get(key) or {}) if (export / "ticket.json").is_file() else {}
 
 
 def _bf16_keeps_the_metric(export: Path) -> bool:
     """False where `lth export` measured the engine in bf16 moving the dev metric past the tolerance (ticket.json's
     `fast_engine`); True where it did not, or where nothing was measured."""
-    if not (export / "ticket.json").is_file():
-        return True
-    engine = load_json(export / "ticket.json").get("fast_engine") or {}
+    engine = _measured(export, "fast_engine")
     return engine.get("precision") != "bf16" or engine.get("within_tolerance", True)
-
-
-def _int8_keeps_the_metric(export: Path) -> bool:
-    """True only where `lth export` measured the int8 engine on the dev set within its tolerance (ticket.json's
-    `int8_engine`): int8 is never the default without that measurement."""
-    if not (export / "ticket.json").is_file():
-        return False
-    return bool((load_json(export / "ticket.json").get("int8_engine") or {}).get("within_tolerance", False))
 
 
 def _pruned_names(export: Path) -> list[str] | None:
