@@ -115,3 +115,14 @@ def test_dropout_cost_int8_kernels_and_bf16_weights_run(tmp_path):
     assert out.count("tokens") == 4 and "lth fp32 CSR" in out and "torch dense fp32" in out
     out = run_script("bf16_weights.py", "--model", model, "--length", "8")
     assert out.count("cast once") == 4
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_head_warmup_evaluates_theta0_with_and_without_it(tmp_path):
+    model = make_tiny(tmp_path / "bert")
+    for name, seed in (("train.txt", 1), ("test.txt", 2)):
+        (tmp_path / name).write_text("\n".join(text for text, _ in sentiment_rows(40, seed)) + "\n")
+    out = run_script("head_warmup.py", "--model", model, "--data", str(tmp_path / "train.txt"), "--eval",
+                     str(tmp_path / "test.txt"), "--warmup", "5", "--eval-limit", "10", "--threads", "1")
+    assert "head warm-up    0 steps: masked_accuracy" in out and "head warm-up    5 steps: masked_accuracy" in out
