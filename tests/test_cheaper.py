@@ -258,3 +258,13 @@ def test_gradual_with_a_teacher_waits_for_it_and_learns_from_it(toy, tmp_path):
     run = Path(summary["run"])
     assert (run / "teacher.safetensors").exists() and (run / "draw" / "metrics.json").exists()
     assert [c["level"] for c in summary["time_to_ticket"]] == [1]
+
+
+def test_a_drawn_level_that_was_not_trained_is_exported_after_lth_find_trains_it(toy, tmp_path):
+    summary = lth.find(**settings(toy, tmp_path, search="gradual", levels="1"))
+    run = Path(summary["run"])
+    assert (run / "level_02" / "mask.safetensors").exists() and not (run / "level_02" / "metrics.json").exists()
+    with pytest.raises(lth.LthError, match="level 2 .* has its mask drawn .* with --levels 1,2"):
+        lth.export(str(run), tmp_path / "ticket", level=2)
+    lth.find(**settings(toy, tmp_path, search="gradual", levels="1,2"))
+    assert lth.export(str(run), tmp_path / "ticket", level=2)["sparsity"] == pytest.approx(0.75, abs=1e-3)

@@ -37,7 +37,7 @@ from ..engine.bench import compare
 from ..engine.engine import load_fast
 from ..engine.quads import quad_kernel
 from ..report.tables import pct
-from ..run.layout import level_dir
+from ..run.layout import DRAW_RECORD, level_dir
 from ..run.records import read_record
 from ..run.settings import FindSettings, check_number
 from ..run.summary import read_results, read_settings
@@ -215,6 +215,11 @@ def choose_level(run: Path, level: int | None, sparsity: float | None) -> int:
     if level is None:
         level = min(done, key=lambda lvl: abs(done[lvl] - sparsity))
         say(f"--sparsity {sparsity:g} -> level {level} ({pct(done[level])}), the nearest finished level")
+    if level not in done and (run / f"level_{level:02d}" / "mask.safetensors").exists() and (run / DRAW_RECORD).exists():
+        levels = ",".join(map(str, sorted({*read_settings(run).get("judged_levels", []), level})))
+        raise LthError(f"level {level} of {run} has its mask drawn (--search) but no trained ticket yet: rerun the lth "
+                       f"find command that made the run with --levels {levels}, which trains and judges it, then "
+                       "export it")
     if level not in done:
         raise LthError(f"level {level} of {run} is not finished (finished: {', '.join(map(str, sorted(done)))}); "
                        "export one of those or let the search go on")
