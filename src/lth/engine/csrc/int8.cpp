@@ -22,21 +22,17 @@ bool has_quads() {
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-// Per token of the tile: its scale (max |x| / 127; 0 for an all-zero row or past `count`).
-template <typename In>
-static void token_scales(const In* x, int64_t width, int64_t count, float* row, float* scale, float* inverse) {
-    for (int64_t t = 0; t < 64; ++t) {
-        float top = 0.f;
-        if (t < count) {
-            widen<In>(x + t * width, row, width);
-            __m512 m = _mm512_setzero_ps();
-            int64_t i = 0;
-            for (; i + 16 <= width; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(row + i)));
-            top = _mm512_reduce_max_ps(m);
-            for (; i < width; ++i) top = std::max(top, std::fabs(row[i]));
-        }
-        scale[t] = top > 0.f ? top / 127.f : 0.f;
-        inverse[t] = top > 0.f ? 127.f / top : 0.f;
+// Per token of the tile: its scale (max |x| / 127; 0 for an all-zero token and past the tile's count, which
+// load_tile zero-fills), from the transposed tile: a lane-wise max down its columns.
+static void tile_scales(const float* xt, int64_t width, float* scale, float* inverse) {
+    __m512 m[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t i = 0; i < width; ++i)
+        for (int j = 0; j < 4; ++j) m[j] = _mm512_max_ps(m[j], _mm512_abs_ps(_mm512_loadu_ps(xt + i * 64 + 16 * j)));
+    alignas(64) float top[64];
+    for (int j = 0; j < 4; ++j) _mm512_store_ps(top + 16 * j, m[j]);
+    for (int t = 0; t < 64; ++t) {
+        scale[t] = top[t] > 0.f ? top[t] / 127.f : 0.f;
+        inverse[t] = top[t] > 0.f ? 127.f / top[t] : 0.f;
     }
 }
 
@@ -118,7 +114,7 @@ static void quad_tiles(const In* x, int64_t tokens, int64_t width, int64_t chunk
                        const float* bias, int64_t rows, Out* y, bool gelu, int64_t blocks, int64_t per,
                        int64_t begin, int64_t end) {
     const int64_t padded = ((width + 15) / 16) * 16;
-    std::vector<float> xt(padded * 64), row(padded);
+    std::vector<float> xt(padded * 64);
     std::vector<uint8_t> q(padded * 64);
     std::vector<int32_t> acc(per * 64);
     alignas(64) float scale[64], inverse[64];
@@ -129,8 +125,8 @@ static void quad_tiles(const In* x, int64_t tokens, int64_t width, int64_t chunk
         const int64_t start = tile * 64, count = std::min<int64_t>(64, tokens - start);
         if (first >= last) continue;
         if (tile != loaded) {
-            token_scales<In>(x + start * width, width, count, row.data(), scale, inverse);
             load_tile<In>(x + start * width, width, count, xt.data());
+            tile_scales(xt.data(), width, scale, inverse);
             quantize_tile(xt.data(), width, inverse, q.data());
         }
         loaded = tile;
