@@ -101,8 +101,9 @@ class FindSettings:
                           "bf16 where the device computes it natively (Ampere+ GPUs, CPUs with avx512_bf16), fp16 "
                           "on older GPUs, else fp32", default="auto", meta={"choices": PRECISIONS})
     fast_dropout: bool = _opt("draw dropout's masks from random bits, four 16-bit draws per random int64, instead "
-                              "of one torch random number per element (p rounded to 1/65536; attention as eager attention): "
-                              "faster training steps on a CPU (benchmarks/dropout_cost.py), another random stream",
+                              "of one torch random number per element (p rounded to 1/65536; attention as eager "
+                              "attention): faster training steps on a CPU (benchmarks/dropout_cost.py), another "
+                              "random stream",
                               default=False)
     device: str = _opt("where to train: 'auto' (CUDA if present, else Apple's MPS, else the CPU), 'cpu', 'cuda', "
                        "'cuda:N' or 'mps'; a run moves between devices and resumes", default="auto", hashed=False)
