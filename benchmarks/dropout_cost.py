@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             times[name].append(step(configs[name], batch, recipe))
-    print(f"{args.model}, batch {args.batch_size} x {args.length} tokens, {args.threads} thread(s), {recipe.precision}, "
+    print(f"{args.model}, batch {args.batch_size} x {args.length} tokens, {args.threads} thread(s), "
+          f"{recipe.precision}, "
           f"{args.rounds} interleaved rounds")
     print(f"{'configuration':28}{'step ms':>9}{'vs torch dropout':>18}")
     for name in names:

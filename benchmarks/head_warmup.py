@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=200)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
-    print(f"{args.model}, masked-LM trained on {args.data}, θ0 evaluated on {args.eval}, on the first {args.eval_limit} evaluation blocks")
+    print(f"{args.model}, masked-LM trained on {args.data}; θ0 evaluated on the first {args.eval_limit} blocks of "
+          f"{args.eval}")
     for steps in (0, args.warmup):
         with tempfile.TemporaryDirectory(prefix="lth-warmup-") as runs:
             s = FindSettings(model=args.model, task="mlm", data=args.data, eval=args.eval, head_warmup=steps,

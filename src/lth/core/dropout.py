@@ -1,10 +1,10 @@
-"""Dropout from random bits (--fast-dropout): the same regularisation as torch's dropout at a fraction of its cost on
-a CPU, where torch draws one random number per element, serially, and SDPA with dropout leaves its fused path.
+"""Dropout from random bits (--fast-dropout): the same regularisation as torch's dropout for about half of its cost
+on a CPU, where torch draws one random number per element, serially (benchmarks/dropout_cost.py).
 
-The keep mask is drawn as 16-bit integers, four from each int64 of one full-range `random_()` call on torch's generator (so a
-resumed run continues the same stream), kept as bool for the backward; p is rounded to a multiple of 1/65536.
-Attention runs as Hugging Face's eager attention does (scores, additive mask, softmax, dropout, values), with the
-dropout from bits. Measured: benchmarks/dropout_cost.py."""
+The keep mask is drawn as 16-bit integers, four from each int64 of one full-range `random_()` call on torch's
+generator (so a resumed run continues the same stream), and kept as bool for the backward; p is rounded to a
+multiple of 1/65536. Attention runs as Hugging Face's eager attention does (scores, additive mask, softmax,
+dropout, values), its dropout from the same bits."""
 from __future__ import annotations
 
 import contextlib

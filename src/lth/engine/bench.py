@@ -117,7 +117,8 @@ def measure(runs: dict[str, Callable], x: dict, repeats: int) -> dict[str, float
             for name, t in times.items()}
 
 
-def compare(dense: nn.Module, fast: FastModel | list[FastModel], shapes: list[tuple[int, int]], repeats: int, threads: int,
+def compare(dense: nn.Module, fast: FastModel | list[FastModel], shapes: list[tuple[int, int]], repeats: int,
+            threads: int,
             calibration: list[dict] | None = None) -> dict:
     """{"batch x length": {engine: {"seconds", "max_abs_diff"}}} for each shape (`calibration` as in `engines`)."""
     torch.set_num_threads(threads)
