@@ -268,3 +268,21 @@ def test_a_drawn_level_that_was_not_trained_is_exported_after_lth_find_trains_it
         lth.export(str(run), tmp_path / "ticket", level=2)
     lth.find(**settings(toy, tmp_path, search="gradual", levels="1,2"))
     assert lth.export(str(run), tmp_path / "ticket", level=2)["sparsity"] == pytest.approx(0.75, abs=1e-3)
+
+
+def test_a_damaged_drawn_mask_is_reported_once_drawn_and_rewritten_by_an_unfinished_drawing_unit(toy, tmp_path):
+    from lth.core.files import DamagedFile
+    from lth.run.records import check_run
+
+    summary = lth.find(**settings(toy, tmp_path, search="gradual", levels="1"))
+    run = Path(summary["run"])
+    mask = run / "level_02" / "mask.safetensors"
+    intact = mask.read_bytes()
+    mask.write_bytes(intact[:100])  # cut short
+    with pytest.raises(DamagedFile, match="level_02"):
+        check_run(run)  # the drawing unit finished (draw.json): the damage is reported, with the file named
+    for done in (run / "draw.json", run / "draw" / "metrics.json"):  # as if killed before its record
+        done.unlink()
+    check_run(run)  # a mask its unfinished writer will write again is not checked
+    lth.find(**settings(toy, tmp_path, search="gradual", levels="1"))
+    assert mask.read_bytes() == intact and (run / "draw.json").exists()
