@@ -190,6 +190,19 @@ def test_gradual_judges_its_levels_like_imp_and_reports_time_to_ticket(toy, tmp_
     lth.cli.main(["report", str(run), "--to", str(tmp_path / "report")])
     table = (tmp_path / "report" / "tables" / f"{run.name}-cost.csv").read_text().splitlines()
     assert len(table) == 3 and [int(row.split(",")[1]) for row in table[1:]] == [c["draw_steps"] for c in costs]
+    assert (tmp_path / "report" / "figures" / f"{run.name}-draw.svg").exists(), "the schedule, drawn"
+
+
+def test_the_early_bird_figure_marks_each_draw_on_its_curve():
+    from lth.report.figures import drawing
+
+    record = {"search": "early-bird", "epsilon": 0.1, "steps": 40, "every": 10,
+              "levels": [{"level": 1, "sparsity": 0.5, "step": 30, "seconds": 1.0}],
+              "distances": {"1": [[20, 0.3], [30, 0.05]]}}
+    ax = drawing(record).axes[0]
+    points = [line.get_xydata().tolist() for line in ax.get_lines()]
+    assert [[20.0, 0.3], [30.0, 0.05]] in points and [[30.0, 0.05]] in points  # the curve, then its draw
+    assert any(line.get_linestyle() == ":" and line.get_ydata()[0] == 0.1 for line in ax.get_lines())  # ε
 
 
 def test_imp_time_to_ticket_counts_every_level_before(toy, tmp_path):

@@ -17,15 +17,18 @@ EMPTY = 0.01  # a matrix keeping less than this is effectively cut out (the warn
 
 
 def metric_vs_sparsity(levels: list[dict], results: dict | None, winning: dict | None, metric: str,
-                       transfers: list[tuple[str, float, dict]] = (), distilled: bool = False) -> plt.Figure:
-    """IMP over sparsity, the full model's mean ± std band, every baseline and transfer as mean ± std, and the
-    winning sparsities under both rules. `levels`: the search's records; `results`: the verdict's table;
-    `distilled`: the pruned units learned from the dense model (--distill), which the figure says."""
+                       transfers: list[tuple[str, float, dict]] = (), distilled: bool = False,
+                       search: str = "imp") -> plt.Figure:
+    """The search's tickets over sparsity, the full model's mean ± std band, every baseline and transfer as mean ± std,
+    and the winning sparsities under both rules. `levels`: the search's records; `results`: the verdict's table;
+    `distilled`: the pruned units learned from the dense model (--distill), which the figure says; `search`: how the
+    masks were drawn (--search)."""
+    name = "IMP" if search == "imp" else search
     fig, ax = plt.subplots(figsize=(8.6, 3.9), layout="constrained")
     trunk = [(r["sparsity"] * 100, r["metrics"].get(metric)) for r in levels if r["metrics"].get(metric) is not None]
     if trunk:
         ax.plot(*zip(*trunk), "o-", color=COLORS["imp"], zorder=3,
-                label="IMP with distillation (the search, seed 1)" if distilled else "IMP (the search, seed 1)")
+                label=f"{name} with distillation (the search, seed 1)" if distilled else f"{name} (the search, seed 1)")
     if distilled:
         ax.set_title("every pruned unit trained with distillation from the dense model (--distill)", fontsize=8)
     if results and results.get("full"):
@@ -38,7 +41,7 @@ def metric_vs_sparsity(levels: list[dict], results: dict | None, winning: dict |
     for kind, points in _columns(results, metric).items():
         xs, means, stds = zip(*points)
         ax.errorbar(xs, means, yerr=stds, fmt="s--" if kind != "imp" else "D", capsize=3, ms=4,
-                    color=COLORS.get(kind, "black"), label=f"{kind}, mean ± std" if kind != "imp" else "IMP, mean ± std")
+                    color=COLORS.get(kind, "black"), label=f"{kind}, mean ± std" if kind != "imp" else f"{name}, mean ± std")
     sources = list(dict.fromkeys(label.rsplit(" level ", 1)[0] for label, _, _ in transfers))
     palette = plt.get_cmap("Dark2").colors
     for label, sparsity, stats in transfers:
@@ -146,4 +149,36 @@ def loss_curves(curves: dict[str, list[float]], window: int = 20) -> plt.Figure:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=5, frameon=False)
     axes.flat[0].set_ylabel(f"training loss (mean of {window} steps)")
+    return fig
+
+
+def drawing(record: dict) -> plt.Figure:
+    """How a drawing search drew its masks (draw.json): early-bird's mask distance between consecutive checks per
+    level against ε, or gradual's sparsity schedule; each level's mask marked where it was drawn."""
+    fig, ax = plt.subplots(figsize=(8.6, 3.4), layout="constrained")
+    palette = plt.get_cmap("viridis")
+    levels = record["levels"]
+    if record["search"] == "early-bird":
+        for i, level in enumerate(levels):
+            curve = record.get("distances", {}).get(str(level["level"]), [])
+            color = palette(i / max(1, len(levels) - 1))
+            if curve:
+                ax.plot(*zip(*curve), "-", color=color, lw=1, label=f"level {level['level']} ({level['sparsity']:.0%})")
+            drawn = [d for s, d in curve if s == level["step"]]
+            if drawn:
+                ax.plot([level["step"]], drawn, "o", color=color, ms=5)
+        ax.axhline(record["epsilon"], color="black", ls=":", lw=1, label=f"ε = {record['epsilon']:g}")
+        ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_ylabel("mask change since the last check\n(fraction of the weights)")
+    else:
+        if record.get("schedule"):
+            ax.plot(*zip(*[(s, 100 * v) for s, v in record["schedule"]]), "-", color=COLORS["imp"], lw=1.2,
+                    label="sparsity of the training mask")
+        for level in levels:
+            ax.plot([level["step"]], [100 * level["sparsity"]], "o", color="black", ms=4)
+            ax.annotate(f"level {level['level']}", (level["step"], 100 * level["sparsity"]), fontsize=7,
+                        xytext=(4, -10), textcoords="offset points")
+        ax.set_ylabel("sparsity (%)")
+    ax.set_xlabel(f"training step (of {record['steps']})")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig

@@ -14,8 +14,9 @@ import numpy as np
 
 from ..core import masks
 from ..core.console import say
-from ..core.files import atomic_path
+from ..core.files import atomic_path, load_json
 from ..core.version import __version__
+from ..run.layout import DRAW_RECORD
 from ..run.summary import RunView, read_run
 from ..run.verdict import outcomes, summarize
 from . import figures
@@ -97,7 +98,7 @@ def run_section(page: Page, v: RunView) -> None:
     transfers = [(_sources(e), e["sparsity"], summarize(next(iter(e["table"]["levels"].values()))["imp"]).get(v.primary))
                  for e in v.transfers.values()]
     page.figure(figures.metric_vs_sparsity(v.levels, v.results, winning, v.primary, transfers,
-                                           bool(s.get("distill"))), f"{name}-metric",
+                                           bool(s.get("distill")), s.get("search", "imp")), f"{name}-metric",
                 f"{v.primary} against sparsity: the search, the full model's band, baselines and transfers")
     rows = [["level", "sparsity", *v.info["metrics"]]] + [
         [str(r["level"]), pct(r["sparsity"]), *(number(r["metrics"].get(m)) for m in v.info["metrics"])] for r in v.levels]
@@ -107,6 +108,9 @@ def run_section(page: Page, v: RunView) -> None:
         cost_table(page, v, name)
     else:
         page.add('<p class="status">no seeds or baselines on disk yet: no verdict (lth find --seeds 3 --baselines all)</p>')
+    if (v.run / DRAW_RECORD).is_file():
+        drawn = load_json(v.run / DRAW_RECORD, {"search": str, "levels": list, "steps": int})
+        page.figure(figures.drawing(drawn), f"{name}-draw", f"how {drawn['search']} drew each level's mask, step by step")
     for fingerprint, entry in v.transfers.items():
         transfer_table(page, v, fingerprint, entry)
     mask_sections(page, v, name)
