@@ -1,5 +1,6 @@
 """Benchmarks are not tests; these only check that the scripts run end to end on a tiny model."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,32 @@ def test_head_warmup_evaluates_theta0_with_and_without_it(tmp_path):
     out = run_script("head_warmup.py", "--model", model, "--data", str(tmp_path / "train.txt"), "--eval",
                      str(tmp_path / "test.txt"), "--warmup", "5", "--eval-limit", "10", "--threads", "1")
     assert "head warm-up    0 steps: masked_accuracy" in out and "head warm-up    5 steps: masked_accuracy" in out
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_share_units_copies_what_the_other_run_trains_itself(tmp_path):
+    import json
+
+    import lth
+    from tiny import write_csv
+
+    model = make_tiny(tmp_path / "bert")
+    train, dev = write_csv(tmp_path / "train.csv", sentiment_rows(64, 1)), write_csv(tmp_path / "dev.csv",
+                                                                                     sentiment_rows(24, 2))
+    common = dict(model=model, task=train, eval=dev, epochs=1, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5,
+                  max_sparsity=0.5, precision="fp32", threads=1, seeds=2, baselines="random-prune")
+    imp = Path(lth.find(runs_dir=str(tmp_path / "a"), **common)["run"])
+    bird = Path(lth.find(runs_dir=str(tmp_path / "b"), search="early-bird", **common)["run"])
+    trained = {p.relative_to(bird): json.loads(p.read_text())["metrics"]
+               for p in bird.glob("branches/*/seed_*/level_*/metrics.json") if p.parts[-4] != "imp"}
+    for unit in trained:  # forget what the early-bird run trained; copy it from the IMP run instead
+        shutil.rmtree((bird / unit).parent)
+    run_script("share_units.py", str(imp), str(bird))
+    copied = {p.relative_to(bird): json.loads(p.read_text())["metrics"]
+              for p in bird.glob("branches/*/seed_*/level_*/metrics.json") if p.parts[-4] != "imp"}
+    assert copied == trained and len(trained) == 3  # full seed 2, random-prune seeds 1 and 2
+    refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "share_units.py"), str(imp),
+                              str(Path(lth.find(runs_dir=str(tmp_path / "c"), **{**common, "lr": 1e-3})["run"]))],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "not the same computation" in refused.stderr
