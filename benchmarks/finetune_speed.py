@@ -31,24 +31,26 @@ from lth.search.train import Recipe, finetune
 from lth.tasks.classify import ClassificationTask
 from lth.tasks.glue import load_glue
 
-PIPELINES = ("lth", "trainer", "pad128", "trainer-eager")
+PIPELINES = ("lth", "lth-fast-dropout", "trainer", "pad128", "trainer-eager")
 DEFAULT_PIPELINES = "lth,trainer,pad128"
 DESCRIPTIONS = {"lth": "dynamic padding, length-grouped batches, fused AdamW, bf16 where native, eager attention",
                 "trainer": "HF Trainer: DataCollatorWithPadding, group_by_length, bf16 where native, "
                            "HF's default attention (sdpa)",
                 "pad128": "BERT-Tickets recipe: padded to 128, fp32, HF Trainer (run_glue style), sdpa",
-                "trainer-eager": "the 'trainer' pipeline with lth's attention choice (eager)"}
+                "trainer-eager": "the 'trainer' pipeline with lth's attention choice (eager)",
+                "lth-fast-dropout": "the 'lth' pipeline with --fast-dropout (dropout masks from random bits)"}
 
 
 def accuracy(logits: np.ndarray, labels: list[int]) -> float:
     return float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())
 
 
-def run_lth(task, tokenizer, args, bf16: bool) -> dict:
+def run_lth(task, tokenizer, args, bf16: bool, fast_dropout: bool = False) -> dict:
     model = task.load_model(args.model, args.seed)
     train = task.train_features(tokenizer, args.max_length)
     dev = task.eval_features(tokenizer, args.max_length)["dev"]
-    recipe = Recipe(batch_size=args.batch_size, lr=args.lr, epochs=1.0, seed=args.seed, precision="bf16" if bf16 else "fp32")
+    recipe = Recipe(batch_size=args.batch_size, lr=args.lr, epochs=1.0, seed=args.seed,
+                    precision="bf16" if bf16 else "fp32", fast_dropout=fast_dropout)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         steps = len(finetune(model, masks.ones(prunable_weights(model)), train, recipe, tokenizer.pad_token_id,
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     task = ClassificationTask(load_glue("sst2", args.data, args.train_limit, args.eval_limit))
     tokenizer = load_tokenizer(args.model)
     runners = {"lth": lambda: run_lth(task, tokenizer, args, bf16),
+               "lth-fast-dropout": lambda: run_lth(task, tokenizer, args, bf16, fast_dropout=True),
                "trainer": lambda: run_trainer(task, tokenizer, args, bf16, pad128=False),
                "pad128": lambda: run_trainer(task, tokenizer, args, bf16, pad128=True),
                "trainer-eager": lambda: run_trainer(task, tokenizer, args, bf16, pad128=False, attention="eager")}

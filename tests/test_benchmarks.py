@@ -29,12 +29,12 @@ def test_finetune_speed_runs_all_three_pipelines(tmp_path):
         (folder / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
     out = run_script("finetune_speed.py", "--model", make_tiny(tmp_path / "bert"), "--data", str(folder),
                      "--train-limit", "32", "--batch-size", "8", "--max-length", "32", "--threads", "1",
-                     "--pipelines", "lth,trainer,pad128,trainer-eager")
+                     "--pipelines", "lth,lth-fast-dropout,trainer,pad128,trainer-eager")
     table = out.split("pipeline", 1)[1]
-    for name in ("lth", "trainer", "pad128", "trainer-eager"):
+    for name in ("lth", "lth-fast-dropout", "trainer", "pad128", "trainer-eager"):
         assert f"\n{name} " in table
     assert "32 training sentences, 1 epoch = 4 steps of 8" in out
-    assert out.count(", 4 steps") == 4, "every pipeline takes the same number of optimizer steps"
+    assert out.count(", 4 steps") == 5, "every pipeline takes the same number of optimizer steps"
     assert "lth evaluating the 32 training sentences" in out
 
 
