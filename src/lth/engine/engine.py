@@ -109,7 +109,7 @@ def choose_precision(export: Path) -> tuple[str, str]:
     if "amx_bf16" in cpu_flags():  # measured: lth's int8 engine ran slower than its bf16 one there (docs/speed.md)
         return precision, why + "; int8 left out: with AMX the dense bf16 matmuls are faster than the int8 kernel"
     if not int8:
-        return precision, why + "; int8 not measured on the dev set (export it again with this lth to measure it)"
+        return precision, why + "; int8 not measured on the dev set (lth export ... --force with this lth measures it)"
     if not int8.get("within_tolerance"):
         return precision, why + (f"; int8 moved {int8.get('primary')} by {int8.get('moves_points', 0):+.2f} points "
                                  "on the dev set, past 0.5")
