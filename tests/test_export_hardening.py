@@ -181,6 +181,19 @@ def test_a_second_export_into_a_complete_folder_changes_no_byte(made, capsys):
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in to.rglob("*") if p.is_file()} == before
 
 
+def test_force_writes_a_complete_export_again(made, tmp_path, capsys):
+    to = tmp_path / "again"
+    shutil.copytree(made["root"] / "level2", to)
+    info = json.loads((to / "ticket.json").read_text())
+    info.pop("int8_engine", None)  # as an older lth wrote it
+    info["fast_engine"] = {"precision": "bf16", "stale": True}
+    (to / "ticket.json").write_text(json.dumps(info))
+    assert main(["export", str(made["run"]), "--level", "2", "--to", str(to), "--onnx", "--force"]) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    assert "stale" not in json.loads((to / "ticket.json").read_text())["fast_engine"], "measured again"
+    assert main(["inspect", str(to)]) == 0
+
+
 def test_another_export_or_foreign_files_in_to_are_refused_unless_forced(made, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(made["root"] / "level1", other)

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--fp16", action="store_true", help="store the compact model in fp16 (half the size)")
     ship.add_argument("--onnx", action="store_true", help="also write model.onnx, checked with ONNX Runtime")
     ship.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    ship.add_argument("--force", action="store_true", help="replace another export (or other files) in --to")
+    ship.add_argument("--force", action="store_true", help="replace another export (or other files) in --to, or write this one again (e.g. to measure "
+                      "what a newer lth measures)")
     ship.add_argument("--speed", action="store_true", help="also time the ticket on this machine against the dense "
                       "engines (as lth speed does, 5 rounds) and put the result in ticket.json and the model card")
     look = sub.add_parser("inspect", help="what an artifact is, and its density per layer",

@@ -156,7 +156,8 @@ def run_identity(info: dict) -> dict:
 
 def existing_export(to: Path, identity: dict, options: dict, force: bool) -> dict | None:
     """ticket.json's content when `to` already holds this export with these options, complete and intact (nothing
-    to do); None when the export is to be written; refused when `to` holds something else and not `force`."""
+    to do, unless `force`); None when the export is to be written; refused when `to` holds something else and not
+    `force`."""
     if not to.exists() or not any(to.iterdir()):
         return None
     if not to.is_dir():
@@ -175,7 +176,7 @@ def existing_export(to: Path, identity: dict, options: dict, force: bool) -> dic
     if not same and not force:
         raise LthError(f"--to {to} holds another export (level {info.get('level')} of {info.get('run')}); choose "
                        "another folder, or pass --force to replace it")
-    if same and {k: previous.get(k) for k in options} == options:
+    if same and {k: previous.get(k) for k in options} == options and not force:  # --force: write it again
         try:
             verify(to)
             return info
