@@ -16,15 +16,19 @@ import argparse
 import contextlib
 import os
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from lth.core.devices import Ranks, cpu_has_native_bf16
+from lth.core.devices import cpu_has_native_bf16
 from lth.core.dropout import bits_dropout
 from lth.core.models import load_model
-from lth.search.train import Recipe, _Loss, _optimizer, _step, model_forward
+from lth.search.train import Recipe, _Loss, _optimizer, model_forward
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mask_overhead import interleaved, random_batch  # noqa: E402
 
 
 def setup(name: str, dropout: str, recipe: Recipe) -> dict:
@@ -35,13 +39,7 @@ def setup(name: str, dropout: str, recipe: Recipe) -> dict:
                 module.p = 0.0
     model.train()
     return {"model": _Loss(model, model_forward), "optimizer": _optimizer(model, recipe, torch.device("cpu")),
-            "bits": dropout == "bits"}
-
-
-def step(config: dict, batch: dict, recipe: Recipe) -> float:
-    start = time.perf_counter()
-    _step(config["model"], config["optimizer"], None, batch, [], [], recipe, recipe.lr, Ranks())
-    return time.perf_counter() - start
+            "bits": dropout == "bits", "weights": [], "keep": []}  # no mask: mask_overhead's step as it is
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,22 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     configs = {"torch dropout": setup(args.model, "torch", recipe),
                "--fast-dropout": setup(args.model, "bits", recipe),
                "no dropout (bound)": setup(args.model, "none", recipe)}
-    vocab = configs["torch dropout"]["model"].model.config.vocab_size
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(min(1000, vocab // 2), vocab, (args.batch_size, args.length), generator=g)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-             "labels": torch.randint(0, 2, (args.batch_size,), generator=g)}
+    batch = random_batch(configs["torch dropout"]["model"].model.config.vocab_size, args.batch_size, args.length)
     names = list(configs)
     stack = contextlib.ExitStack()  # what finetune does with --fast-dropout, for the whole benchmark
     for config in configs.values():
         stack.enter_context(bits_dropout(config["model"].model, config["bits"]))
-    for name in names:
-        step(configs[name], batch, recipe)
-        step(configs[name], batch, recipe)
-    times = {name: [] for name in names}
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(step(configs[name], batch, recipe))
+    times = interleaved(configs, batch, recipe, args.rounds)
     print(f"{args.model}, batch {args.batch_size} x {args.length} tokens, {args.threads} thread(s), "
           f"{recipe.precision}, "
           f"{args.rounds} interleaved rounds")

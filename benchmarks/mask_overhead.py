@@ -46,6 +46,28 @@ def step(config: dict, batch: dict, recipe: Recipe) -> float:
     return time.perf_counter() - start
 
 
+def random_batch(vocab: int, rows: int, length: int) -> dict:
+    """One classification batch of random tokens (no padding) and labels, the same every run."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(min(1000, vocab // 2), vocab, (rows, length), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "labels": torch.randint(0, 2, (rows,), generator=g)}
+
+
+def interleaved(configs: dict, batch: dict, recipe: Recipe, rounds: int) -> dict[str, list[float]]:
+    """Step seconds of every configuration: two warm-up steps each (first-call allocations, optimizer state), then
+    `rounds` rounds, each configuration once a round in a rotating order."""
+    names = list(configs)
+    for name in names:
+        step(configs[name], batch, recipe)
+        step(configs[name], batch, recipe)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(step(configs[name], batch, recipe))
+    return times
+
+
 def mask_ops_seconds(config: dict, repeats: int = 20) -> float:
     """The two multiplies a masked step adds (gradients, then weights), alone."""
     grads = [torch.ones_like(w) for w in config["weights"]]
@@ -74,19 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     configs = {"dense, no mask": setup(args.model, None, recipe),
                "dense, all-ones mask": setup(args.model, 0.0, recipe),
                f"{args.sparsity:.0%} sparse ticket": setup(args.model, args.sparsity, recipe)}
-    vocab = configs["dense, no mask"]["model"].model.config.vocab_size
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(min(1000, vocab // 2), vocab, (args.batch_size, args.length), generator=g)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-             "labels": torch.randint(0, 2, (args.batch_size,), generator=g)}
+    batch = random_batch(configs["dense, no mask"]["model"].model.config.vocab_size, args.batch_size, args.length)
     names = list(configs)
-    for name in names:  # warm-up: first-call allocations, optimizer state
-        step(configs[name], batch, recipe)
-        step(configs[name], batch, recipe)
-    times = {name: [] for name in names}
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(step(configs[name], batch, recipe))
+    times = interleaved(configs, batch, recipe, args.rounds)
     base = times[names[0]]
     print(f"{args.model}, batch {args.batch_size} x {args.length} tokens, {args.threads} thread(s), "
           f"{recipe.precision}, {args.rounds} interleaved rounds")

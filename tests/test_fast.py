@@ -198,24 +198,38 @@ def shipped(tmp_path_factory):
     return {"root": root, "to": root / "ticket", "dev": dev}
 
 
-@pytest.mark.slow
-def test_load_fast_predicts_as_the_masked_model(shipped):
+def two_pairs() -> dict:
+    """A padded batch of two sentence pairs for the tiny BERT, and what the exported model says of it."""
+    ids = torch.tensor([[2, 5, 14, 6, 17, 3, 0, 0], [2, 10, 15, 9, 11, 12, 18, 3]])
+    return {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
+
+
+def model_logits(shipped, batch: dict) -> torch.Tensor:
     from transformers import AutoModelForSequenceClassification
 
     dense = AutoModelForSequenceClassification.from_pretrained(shipped["to"] / "model").eval()
-    ids = torch.tensor([[2, 5, 14, 6, 17, 3, 0, 0], [2, 10, 15, 9, 11, 12, 18, 3]])
-    batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
     with torch.no_grad():
-        want = dense(**batch).logits
+        return dense(**batch).logits
+
+
+def force(fast, choice: str) -> None:
+    """Every swapped layer of an engine (after its first call) on `choice`: 'sparse' or 'dense'."""
+    for layer in fast.model.modules():
+        if isinstance(layer, SparseLinear):
+            layer.choice = {k: choice for k in layer.choice}
+
+
+@pytest.mark.slow
+def test_load_fast_predicts_as_the_masked_model(shipped):
+    batch = two_pairs()
+    want = model_logits(shipped, batch)
     exact = lth.load_fast(shipped["to"], precision="fp32")
     layers = exact.layers()  # every pruned matrix is swapped (the pooler too), Q, K and V as one per layer
     assert len(layers) == 9 and "bert.encoder.layer.1.attention.self.qkv" in layers
     assert not hasattr(exact.model.bert.encoder.layer[0].attention.self, "query"), "the three are freed"
     for _ in range(2):  # the first call chooses per layer; both choices must give the model's outputs
         assert torch.allclose(exact(**batch).logits, want, atol=1e-5)
-    for layer in exact.model.modules():
-        if isinstance(layer, SparseLinear):
-            layer.choice = {k: "sparse" for k in layer.choice}
+    force(exact, "sparse")
     assert torch.allclose(exact(**batch).logits, want, atol=1e-5), "all-sparse equals the dense model"
     half = lth.load_fast(shipped["to"], precision="bf16")
     assert torch.allclose(half(**batch).logits.float(), want, atol=0.05)
@@ -224,8 +238,7 @@ def test_load_fast_predicts_as_the_masked_model(shipped):
 def test_bf16_keeps_linear_weights_in_bf16_with_the_outputs_autocast_gives(shipped, monkeypatch):
     import lth.engine.engine
 
-    ids = torch.tensor([[2, 5, 14, 6, 17, 3, 0, 0], [2, 10, 15, 9, 11, 12, 18, 3]])
-    batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
+    batch = two_pairs()
     cast = lth.load_fast(shipped["to"], precision="bf16")
     monkeypatch.setattr(lth.engine.engine, "_linear_weights_in_bf16", lambda model: None)
     uncast = lth.load_fast(shipped["to"], precision="bf16")
@@ -234,9 +247,7 @@ def test_bf16_keeps_linear_weights_in_bf16_with_the_outputs_autocast_gives(shipp
     assert all(m.weight.dtype == torch.float32 for m in uncast.model.modules() if isinstance(m, torch.nn.Linear))
     for fast in (cast, uncast):
         fast(**batch)
-        for layer in fast.model.modules():  # the same path in both: the dense matmul, cast once or every call
-            if isinstance(layer, SparseLinear):
-                layer.choice = {k: "dense" for k in layer.choice}
+        force(fast, "dense")  # the same path in both: the dense matmul, cast once or every call
     assert torch.equal(cast(**batch).logits, uncast(**batch).logits)
 
 

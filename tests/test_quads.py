@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lth.engine.quads import QuadCSR, quad_kernel, quad_linear, quantize_rows, quantize_tokens
-from test_fast import shipped  # noqa: F401  (the fixture: a tiny exported ticket)
+from test_fast import force, model_logits, shipped, two_pairs  # noqa: F401  (shipped: the fixture)
 
 needs_vnni = pytest.mark.skipif(not quad_kernel(), reason="the CPU has no AVX512-VNNI (no int8 quads here)")
 
@@ -89,23 +89,17 @@ def test_quantisation_rounds_to_nearest_even_and_keeps_zero_rows():
 
 @needs_vnni
 def test_load_fast_in_int8_follows_the_model_and_runs_the_quads_where_chosen(shipped):
-    from transformers import AutoModelForSequenceClassification
-
     import lth
     from lth.engine.sparse import SparseLinear
 
-    dense = AutoModelForSequenceClassification.from_pretrained(shipped["to"] / "model").eval()
-    ids = torch.tensor([[2, 5, 14, 6, 17, 3, 0, 0], [2, 10, 15, 9, 11, 12, 18, 3]])
-    batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
-    with torch.no_grad():
-        want = dense(**batch).logits
+    batch = two_pairs()
+    want = model_logits(shipped, batch)
     fast = lth.load_fast(shipped["to"], precision="int8")
     assert fast.precision == "int8"
     layers = [m for m in fast.model.modules() if isinstance(m, SparseLinear)]
     assert layers and all(m.int8 and isinstance(m.csr, QuadCSR) for m in layers)
     fast(**batch)
-    for layer in layers:  # every layer on the int8 kernel: the model's outputs within int8's error
-        layer.choice = {k: "sparse" for k in layer.choice}
+    force(fast, "sparse")  # every layer on the int8 kernel: the model's outputs within int8's error
     assert torch.allclose(fast(**batch).logits.float(), want, atol=0.05)
     assert fast(**batch).logits.argmax(-1).tolist() == want.argmax(-1).tolist()
 
