@@ -15,6 +15,7 @@ from lth.cli import main
 from lth.engine.kernels import (
     CSR,
     _numba,
+    add_layernorm,
     attention_dtypes,
     backend,
     choose_chunk,
@@ -265,6 +266,26 @@ def test_lean_layers_compute_what_the_hf_layers_compute(arch, lean, tmp_path):
         assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
         unmasked = {"input_ids": ids[1:2]}  # no mask at all: HF passes none to the layers
         assert torch.allclose(model(**unmasked).last_hidden_state, want[1:2], atol=1e-5)
+
+
+@pytest.mark.skipif(backend()[0] != "native", reason="the fused add + LayerNorm is a native kernel")
+@pytest.mark.parametrize("rows, width", [(1, 384), (37, 37), (130, 64), (5, 1)])
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                    (torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16)])
+def test_add_layernorm_is_torchs_layer_norm_of_the_sum(rows, width, dtypes):
+    g = torch.Generator().manual_seed(rows * width)
+    a = (torch.randn(2, rows, width, generator=g) * 3 + 1).to(dtypes[0])
+    b = torch.randn(2, rows, width, generator=g).to(dtypes[1])
+    norm = torch.nn.LayerNorm(width, eps=1e-12)
+    with torch.no_grad():
+        norm.weight.normal_(generator=g), norm.bias.normal_(generator=g)
+        want = norm(a.float() + b.float())
+        got = add_layernorm(a, b, norm)
+    assert got.dtype == torch.float32 and got.shape == a.shape
+    assert torch.allclose(got, want, atol=2e-5, rtol=1e-5), (got - want).abs().max()
+    other = torch.nn.LayerNorm(width, elementwise_affine=False)
+    assert add_layernorm(a, b, other) is None, "no affine weights: torch's own LayerNorm runs"
+    assert add_layernorm(a, b[:1], norm) is None, "shapes differ (a broadcast): torch's"
 
 
 def test_q_k_v_are_fused_only_when_all_three_are_the_same_kind(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..core.devices import cpu_flags
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("sparse.cpp", "int8.cpp", "attention.cpp", "bindings.cpp")
+SOURCES = ("sparse.cpp", "int8.cpp", "attention.cpp", "norm.cpp", "bindings.cpp")
 HEADERS = ("common.h", "tiles.h", "kernels.h")
 CFLAGS = ("-O3", "-march=native", "-fopenmp")
 LDFLAGS = ("-fopenmp",)

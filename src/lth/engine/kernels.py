@@ -198,3 +198,16 @@ def fused_attention(qkv: torch.Tensor, mask: torch.Tensor | None, heads: int, sc
         raise ValueError(f"mask of shape {tuple(mask.shape)}: give ({batch * heads}, 1 or {tokens}, {tokens})")
     mask = torch.empty(0, dtype=qkv.dtype) if mask is None else mask.to(qkv.dtype).contiguous()
     return _native()[0].attention(qkv.contiguous(), mask, heads, scale)
+
+
+def add_layernorm(a: torch.Tensor, b: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor | None:
+    """LayerNorm(a + b) in fp32 on the native kernel (the residual add and the norm in one pass; a and b fp32 or
+    bf16), as torch computes it under autocast; None where the kernel is not built or `norm` is not a plain affine
+    LayerNorm over the last dimension of fp32 weights, so that the caller runs torch's."""
+    native, _ = _native()
+    if (native is None or type(norm) is not torch.nn.LayerNorm
+            or norm.weight is None or norm.bias is None or len(norm.normalized_shape) != 1
+            or a.dtype not in (torch.float32, torch.bfloat16) or b.dtype not in (torch.float32, torch.bfloat16)
+            or a.shape != b.shape or a.device.type != "cpu" or norm.weight.dtype != torch.float32):
+        return None
+    return native.add_layernorm(a, b, norm.weight.detach(), norm.bias.detach(), norm.eps)

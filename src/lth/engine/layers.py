@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kernels import ATTENTION_SIZES, attention_dtypes, fused_attention
+from .kernels import ATTENTION_SIZES, add_layernorm, attention_dtypes, fused_attention
 from .sparse import SparseLinear
 
 
@@ -104,11 +104,21 @@ class _LeanForward:
         return self._rest(context, hidden_states)
 
     def _rest(self, context: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The output projection, residual and LayerNorm, the FFN, residual and LayerNorm."""
+        """The output projection, residual and LayerNorm, the FFN, residual and LayerNorm (each residual add and its
+        LayerNorm in one pass on the native kernel where it is built: `kernels.add_layernorm`)."""
         layer = self.layer
         out, ffn = layer.attention.output, layer.output
-        attended = out.LayerNorm(out.dense(context) + hidden_states)
-        return ffn.LayerNorm(ffn.dense(layer.intermediate(attended)) + attended)
+        attended = _add_norm(out.dense(context), hidden_states, out.LayerNorm)
+        return _add_norm(ffn.dense(layer.intermediate(attended)), attended, ffn.LayerNorm)
+
+
+def _add_norm(a: torch.Tensor, b: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """norm(a + b): the fused kernel where it takes these, else torch; in the dtype torch's would return (bf16 when
+    both are, else fp32; the fused kernel computes in fp32 either way)."""
+    fused = add_layernorm(a, b, norm) if not torch.is_grad_enabled() else None
+    if fused is None:
+        return norm(a + b)
+    return fused.to(torch.bfloat16) if a.dtype == b.dtype == torch.bfloat16 else fused
 
 
 class _Masks:

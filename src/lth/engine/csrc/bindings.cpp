@@ -9,5 +9,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("quad_linear", &quad_linear, "y = dequant(q(x) q(W)ᵀ) + b from the int8 quad layout");
     m.def("has_quads", &has_quads, "whether the int8 quad kernel (AVX512-VNNI) is built");
     m.def("attention", &attention, "fused attention over a Q|K|V projection");
+    m.def("add_layernorm", &add_layernorm, "LayerNorm(a + b), the residual add and the norm in one pass");
     m.def("attention_dtypes", &attention_dtypes, "the dtypes the fused attention is built for");
 }

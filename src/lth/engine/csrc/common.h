@@ -14,39 +14,72 @@
 
 // Rows of n values widened to fp32 / narrowed from fp32 (bf16: 16 at a time, rounding to nearest even as
 // torch does, NaN kept a NaN); fp32 is a copy.
+// n values of T on a cache line's boundary (64 bytes): the kernels read their tiles and sums 64 bytes at a time,
+// and a load across two lines costs two (std::vector's memory is aligned to 16 bytes only).
+template <typename T> class Aligned {
+  public:
+    explicit Aligned(size_t n) : bytes_(n * sizeof(T) + 64) {}
+    T* data() { return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(bytes_.data()) + 63) & ~uintptr_t(63)); }
+
+  private:
+    std::vector<unsigned char> bytes_;
+};
+
+#if defined(__AVX512F__)
+// 16 values of In widened to fp32 in a register.
+template <typename In> static inline __m512 load16(const In* src) {
+    if constexpr (std::is_same<In, at::BFloat16>::value) {
+        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else {
+        return _mm512_loadu_ps(reinterpret_cast<const float*>(src));
+    }
+}
+#endif
+
 template <typename In> static inline void widen(const In* src, float* dst, int64_t n) {
     int64_t i = 0;
 #if defined(__AVX512F__)
     if constexpr (std::is_same<In, at::BFloat16>::value)
-        for (; i + 16 <= n; i += 16) {
-            const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
-            _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-        }
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load16<In>(src + i));
 #endif
     for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
+
+#if defined(__AVX512F__)
+// 16 floats -> 16 bf16, rounding to nearest even, NaN kept a NaN (torch's rounding; AVX512-BF16's instruction
+// would be one, but it flushes subnormals to zero where torch keeps them).
+static inline __m256i to_bf16(__m512 v) {
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+    return _mm512_cvtepi32_epi16(r);
+}
+
+// 16 floats stored as Out (fp32 as they are, bf16 narrowed); with `lanes`, only the first that many.
+template <typename Out> static inline void store16(Out* dst, __m512 v, int lanes = 16) {
+    const __mmask16 keep = lanes >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << lanes) - 1);
+    if constexpr (std::is_same<Out, at::BFloat16>::value)
+        _mm256_mask_storeu_epi16(reinterpret_cast<__m256i*>(dst), keep, to_bf16(v));
+    else
+        _mm512_mask_storeu_ps(reinterpret_cast<float*>(dst), keep, v);
+}
+#endif
 
 template <typename Out> static inline void narrow(const float* src, Out* dst, int64_t n) {
     int64_t i = 0;
 #if defined(__AVX512F__)
     if constexpr (std::is_same<Out, at::BFloat16>::value)
-        for (; i + 16 <= n; i += 16) {
-            const __m512 v = _mm512_loadu_ps(src + i);
-            const __m512i bits = _mm512_castps_si512(v);
-            const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-            __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
-            r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtepi32_epi16(r));
-        }
+        for (; i + 16 <= n; i += 16) store16<Out>(dst + i, _mm512_loadu_ps(src + i));
 #endif
     for (; i < n; ++i) dst[i] = static_cast<Out>(src[i]);
 }
 
 #if defined(__AVX512F__)
-// dst[c * dstride + r] = src[r * sstride + c] for a 16 x 16 block of floats.
-static inline void transpose16(const float* src, int64_t sstride, float* dst, int64_t dstride) {
-    __m512 r[16], t[16];
-    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * sstride);
+// r[i] lane c -> r[c] lane i: a 16 x 16 block of floats transposed in registers.
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
     for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
@@ -67,6 +100,13 @@ static inline void transpose16(const float* src, int64_t sstride, float* dst, in
         r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
         r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
     }
+}
+
+// dst[c * dstride + r] = src[r * sstride + c] for a 16 x 16 block of floats.
+static inline void transpose16(const float* src, int64_t sstride, float* dst, int64_t dstride) {
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * sstride);
+    transpose16(r);
     for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * dstride, r[i]);
 }
 #endif

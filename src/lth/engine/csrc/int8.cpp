@@ -22,41 +22,57 @@ bool has_quads() {
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-// Per token of the tile: its scale (max |x| / 127; 0 for an all-zero token and past the tile's count, which
-// load_tile zero-fills), from the transposed tile: a lane-wise max down its columns.
-static void tile_scales(const float* xt, int64_t width, float* scale, float* inverse) {
-    __m512 m[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t i = 0; i < width; ++i)
-        for (int j = 0; j < 4; ++j) m[j] = _mm512_max_ps(m[j], _mm512_abs_ps(_mm512_loadu_ps(xt + i * 64 + 16 * j)));
-    alignas(64) float top[64];
-    for (int j = 0; j < 4; ++j) _mm512_store_ps(top + 16 * j, m[j]);
-    for (int t = 0; t < 64; ++t) {
-        scale[t] = top[t] > 0.f ? top[t] / 127.f : 0.f;
-        inverse[t] = top[t] > 0.f ? 127.f / top[t] : 0.f;
-    }
+// max |v| over a row of n values.
+template <typename In> static float max_abs(const In* v, int64_t n) {
+    int64_t i = 0;
+    __m512 m = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(load16<In>(v + i)));
+    float top = _mm512_reduce_max_ps(m);
+    for (; i < n; ++i) top = std::max(top, std::fabs(static_cast<float>(v[i])));
+    return top;
 }
 
-// The fp32 tile (width x 64, natural token order) -> u8 (width x 64): round(x / scale) + 128, nearest even, each
-// column's 16 dwords of 4 tokens permuted by the 4 x 4 transpose the unpacks of `quad_products` undo.
-static void quantize_tile(const float* xt, int64_t width, const float* inverse, uint8_t* q) {
-    alignas(64) static const int32_t order[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
-    const __m512i idx = _mm512_load_si512(order), offset = _mm512_set1_epi32(128);
-    const __m512i low = _mm512_set1_epi32(-127), high = _mm512_set1_epi32(127);
-    __m512 inv[4];
-    for (int j = 0; j < 4; ++j) inv[j] = _mm512_loadu_ps(inverse + 16 * j);
-    for (int64_t i = 0; i < width; ++i) {
-        __m128i part[4];
-        for (int j = 0; j < 4; ++j) {
-            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xt + i * 64 + 16 * j), inv[j]));
-            v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, low), high), offset);
-            part[j] = _mm512_cvtepi32_epi8(v);
-        }
-        __m512i all = _mm512_castsi128_si512(part[0]);
-        all = _mm512_inserti32x4(all, part[1], 1);
-        all = _mm512_inserti32x4(all, part[2], 2);
-        all = _mm512_inserti32x4(all, part[3], 3);
-        _mm512_storeu_si512(q + i * 64, _mm512_permutexvar_epi32(idx, all));
+// A tile of `count` token rows of x (tokens x width, count <= 64) -> per token its scale (max |x| / 127; 0 for an
+// all-zero token and past `count`) and q (width x 64 u8): round(x / scale) + 128, nearest even, each column's 16
+// dwords of 4 tokens permuted by the 4 x 4 transpose the unpacks of `quad_products` undo. The scales come from the
+// token rows as they lie; then 16 x 16 blocks are quantised as int32, transposed in registers and narrowed to bytes
+// (no fp32 copy of the tile is written and read back).
+template <typename In>
+static void quantize_tile(const In* x, int64_t width, int64_t count, float* scale, float* inverse, uint8_t* q) {
+    for (int64_t t = 0; t < 64; ++t) {
+        const float top = t < count ? max_abs<In>(x + t * width, width) : 0.f;
+        scale[t] = top > 0.f ? top / 127.f : 0.f;
+        inverse[t] = top > 0.f ? 127.f / top : 0.f;
     }
+    const __m512i low = _mm512_set1_epi32(-127), high = _mm512_set1_epi32(127), offset = _mm512_set1_epi32(128);
+    int64_t i = 0;
+    for (; i + 16 <= width; i += 16)
+        for (int64_t b = 0; b < 64; b += 16) {
+            __m512 r[16];
+            for (int64_t k = 0; k < 16; ++k) {
+                __m512i v = offset;  // a token past `count` quantises to 0
+                if (b + k < count) {
+                    v = _mm512_cvtps_epi32(_mm512_mul_ps(load16<In>(x + (b + k) * width + i),
+                                                         _mm512_set1_ps(inverse[b + k])));
+                    v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, low), high), offset);
+                }
+                r[k] = _mm512_castsi512_ps(v);
+            }
+            transpose16(r);
+            for (int64_t c = 0; c < 16; ++c)
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(q + (i + c) * 64 + b),
+                                 _mm512_cvtepi32_epi8(_mm512_castps_si512(r[c])));
+        }
+    for (; i < width; ++i)  // the columns past the last 16
+        for (int64_t t = 0; t < 64; ++t) {
+            const int v = t < count ? static_cast<int>(std::nearbyint(static_cast<float>(x[t * width + i]) * inverse[t]))
+                                    : 0;
+            q[i * 64 + t] = static_cast<uint8_t>(std::min(127, std::max(-127, v)) + 128);
+        }
+    alignas(64) static const int32_t order[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+    const __m512i idx = _mm512_load_si512(order);
+    for (int64_t c = 0; c < width; ++c)
+        _mm512_storeu_si512(q + c * 64, _mm512_permutexvar_epi32(idx, _mm512_loadu_si512(q + c * 64)));
 }
 
 // out[0:64] (int32) = (first ? 0 : out) + the sum over quads [k, end) of the four weights times their columns.
@@ -90,18 +106,34 @@ static inline void quad_products(const uint8_t* xt, int64_t k, const int64_t end
     _mm512_storeu_si512(out + 32, _mm512_add_epi32(a2, b2)); _mm512_storeu_si512(out + 48, _mm512_add_epi32(a3, b3));
 }
 
-// The int32 sums of `rows` output rows (rows x 64) -> fp32 in place: (sum - 128 rowsum) scale_w scale_x + bias.
-static void dequantize(int32_t* acc, int64_t rows, const int32_t* rowsum, const float* wscale, const float* bias,
-                       const float* xscale) {
-    __m512 xs[4];
-    for (int j = 0; j < 4; ++j) xs[j] = _mm512_loadu_ps(xscale + 16 * j);
-    for (int64_t o = 0; o < rows; ++o) {
-        const __m512i shift = _mm512_set1_epi32(128 * rowsum[o]);
-        const __m512 w = _mm512_set1_ps(wscale[o]), b = _mm512_set1_ps(bias[o]);
-        for (int j = 0; j < 4; ++j) {
-            int32_t* p = acc + o * 64 + 16 * j;
-            const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(p), shift));
-            _mm512_storeu_ps(reinterpret_cast<float*>(p), _mm512_fmadd_ps(_mm512_mul_ps(v, w), xs[j], b));
+// The int32 sums of `rows` output rows (rows x 64) -> `count` token rows of y (a row every `stride`):
+// (sum - 128 rowsum) scale_w scale_x + bias (then GELU) in registers, 16 rows x 16 tokens at a time, transposed there
+// and stored as Out; a last group of fewer than 16 rows is computed whole (acc has room) and stored masked.
+template <typename Out>
+static void dequantize_out(const int32_t* acc, int64_t rows, int64_t count, const int32_t* rowsum,
+                           const float* wscale, const float* bias, const float* xscale, bool gelu, Out* y,
+                           int64_t stride) {
+    for (int64_t o = 0; o < rows; o += 16) {
+        const int64_t n = std::min<int64_t>(16, rows - o);
+        __m512i shift[16];
+        __m512 w[16], b[16];
+        for (int64_t k = 0; k < 16; ++k) {
+            shift[k] = _mm512_set1_epi32(k < n ? 128 * rowsum[o + k] : 0);
+            w[k] = _mm512_set1_ps(k < n ? wscale[o + k] : 0.f);
+            b[k] = _mm512_set1_ps(k < n ? bias[o + k] : 0.f);
+        }
+        for (int64_t t = 0; t < count; t += 16) {
+            const __m512 xs = _mm512_loadu_ps(xscale + t);
+            __m512 r[16];
+            for (int64_t k = 0; k < 16; ++k) {
+                const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(acc + (o + k) * 64 + t),
+                                                                     shift[k]));
+                r[k] = _mm512_fmadd_ps(_mm512_mul_ps(v, w[k]), xs, b[k]);
+                if (gelu) r[k] = gelu16(r[k]);
+            }
+            transpose16(r);
+            for (int64_t c = 0; c < 16 && t + c < count; ++c)
+                store16<Out>(y + (t + c) * stride + o, r[c], static_cast<int>(n));
         }
     }
 }
@@ -113,10 +145,8 @@ static void quad_tiles(const In* x, int64_t tokens, int64_t width, int64_t chunk
                        const int16_t* indices, const int32_t* quads, const float* wscale, const int32_t* rowsum,
                        const float* bias, int64_t rows, Out* y, bool gelu, int64_t blocks, int64_t per,
                        int64_t begin, int64_t end) {
-    const int64_t padded = ((width + 15) / 16) * 16;
-    std::vector<float> xt(padded * 64);
-    std::vector<uint8_t> q(padded * 64);
-    std::vector<int32_t> acc(per * 64);
+    Aligned<uint8_t> q(width * 64);
+    Aligned<int32_t> acc(((per + 15) / 16 * 16) * 64);  // whole groups of 16 rows: see dequantize_out
     alignas(64) float scale[64], inverse[64];
     const int64_t chunks = (width + chunk - 1) / chunk;
     int64_t loaded = -1;
@@ -124,11 +154,7 @@ static void quad_tiles(const In* x, int64_t tokens, int64_t width, int64_t chunk
         const int64_t tile = item / blocks, first = item % blocks * per, last = std::min(rows, first + per);
         const int64_t start = tile * 64, count = std::min<int64_t>(64, tokens - start);
         if (first >= last) continue;
-        if (tile != loaded) {
-            load_tile<In>(x + start * width, width, count, xt.data());
-            tile_scales(xt.data(), width, scale, inverse);
-            quantize_tile(xt.data(), width, inverse, q.data());
-        }
+        if (tile != loaded) quantize_tile<In>(x + start * width, width, count, scale, inverse, q.data());
         loaded = tile;
         for (int64_t c = 0; c < chunks; ++c) {
             const int64_t* ptr = indptr + c * rows;
@@ -137,11 +163,8 @@ static void quad_tiles(const In* x, int64_t tokens, int64_t width, int64_t chunk
                     quad_products(q.data() + c * chunk * 64, ptr[o], ptr[o + 1], indices, quads, c == 0,
                                   acc.data() + (o - first) * 64);
         }
-        dequantize(acc.data(), last - first, rowsum + first, wscale + first, bias + first, scale);
-        float* out = reinterpret_cast<float*>(acc.data());
-        if (gelu)
-            for (int64_t o = 0; o < last - first; ++o) gelu64(out + o * 64);
-        transpose_out<Out>(out, last - first, count, y + start * rows + first, rows);
+        dequantize_out<Out>(acc.data(), last - first, count, rowsum + first, wscale + first, bias + first, scale,
+                            gelu, y + start * rows + first, rows);
     }
 }
 #endif

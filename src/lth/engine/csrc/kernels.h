@@ -14,3 +14,4 @@ torch::Tensor quad_linear(torch::Tensor x, int64_t chunk, torch::Tensor indptr, 
 bool has_quads();
 torch::Tensor attention(torch::Tensor qkv, torch::Tensor mask, int64_t heads, double scale);
 std::string attention_dtypes();
+torch::Tensor add_layernorm(torch::Tensor a, torch::Tensor b, torch::Tensor weight, torch::Tensor bias, double eps);

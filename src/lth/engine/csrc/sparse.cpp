@@ -143,8 +143,8 @@ template <typename Tile, typename Value, typename In, typename Out>
 static void tiles(const In* x, int64_t tokens, int64_t width, int64_t chunk, const int64_t* indptr,
                   const int16_t* indices, const Value* values, const float* bias, int64_t rows, Out* y, bool gelu,
                   int64_t blocks, int64_t per, int64_t begin, int64_t end) {
-    std::vector<Tile> xt(((width + 15) / 16) * 16 * 64);
-    std::vector<float> acc(per * 64);
+    Aligned<Tile> xt(((width + 15) / 16) * 16 * 64);
+    Aligned<float> acc(per * 64);
     const int64_t chunks = (width + chunk - 1) / chunk;
     int64_t loaded = -1;
     for (int64_t item = begin; item < end; ++item) {
