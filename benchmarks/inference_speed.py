@@ -11,6 +11,7 @@ engine, needs a virtual environment of its own and is compared in deepsparse_spe
     python benchmarks/inference_speed.py --model path/to/model --sparsities 0.9 --repeats 5
     python benchmarks/inference_speed.py --precision fp32      # the engine as it runs on a CPU without bf16
     python benchmarks/inference_speed.py --precision int8 --calibration ../shared/data/glue/SST-2/train.tsv
+    python benchmarks/inference_speed.py --precision int8 --blocks   # engines in alternating blocks, not call by call
 
 The dense int8 engines: ONNX Runtime's dynamic quantisation (QInt8 weights) and OpenVINO's int8 model by NNCF's
 post-training quantisation (transformer preset), calibrated on the first 100 sentences of --calibration (a GLUE
@@ -66,6 +67,8 @@ def main() -> None:
                         "VNNI kernel), or several, comma-separated, timed side by side: int8,bf16")
     parser.add_argument("--calibration", help="a GLUE .tsv with a `sentence` column (SST-2's train.tsv): its first 100 "
                         "sentences calibrate OpenVINO's int8 model")
+    parser.add_argument("--blocks", action="store_true", help="time the engines in alternating blocks (a second's "
+                        "rest, then --repeats calls of one engine; three turns each) instead of call by call")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,7 +78,8 @@ def main() -> None:
         parser.error(f"--precision {args.precision}: give auto, bf16, fp32 or int8, comma-separated")
     calibration = sentences(args.calibration, args.model, args.length) if args.calibration else None
     print(f"sparse kernel: {backend()[1]}; lth engine in {', '.join(precisions)}; {args.threads} threads; "
-          f"median of {args.repeats} interleaved rounds; openvino int8 calibrated on "
+          + (f"alternating blocks of {args.repeats} calls, the median of 3 blocks" if args.blocks else
+             f"median of {args.repeats} interleaved rounds") + "; openvino int8 calibrated on "
           + (f"{len(calibration)} sentences of {args.calibration}" if calibration else "random token ids"))
     found = {}
     for sparsity in (float(s) for s in args.sparsities.split(",")):
@@ -87,7 +91,7 @@ def main() -> None:
                                int8=precision == "int8")
             fast.append(FastModel(engine, precision))
         results = compare(dense, fast, [(args.batch_size, args.length), (1, args.length)], args.repeats, args.threads,
-                          calibration)
+                          calibration, args.blocks)
         found[f"{sparsity:.0%}"] = {"results": results, "layers": {f.precision: f.layers() for f in fast},
                                     "swapped": swapped}
         print(table(results, f"{sparsity:.0%} sparse, "))

@@ -456,6 +456,35 @@ def test_speed_and_the_benchmark_run_on_a_tiny_model(shipped, capsys):
     assert "lth engine in fp32" in bench.stdout
 
 
+def test_measure_in_alternating_blocks_runs_each_engine_alone(monkeypatch):
+    import numpy as np
+
+    from lth.engine import bench
+
+    monkeypatch.setattr(bench, "PAUSE", 0.0)
+    log, clock = [], [0.0]
+    cost = {"torch fp32": 0.004, "other": 0.001}
+
+    def engine(name):
+        def run(x):
+            log.append(name)
+            clock[0] += cost[name]
+            return [np.zeros(2)]
+        return run
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    runs = {name: engine(name) for name in cost}
+    found = bench.measure(runs, {}, repeats=3, blocks=True)
+    assert log[:2] == ["torch fp32", "other"], "one warm-up call each"
+    turns = [log[i:i + 4] for i in range(2, len(log), 4)]  # a block: one untimed call, then 3 timed
+    assert len(turns) == 2 * bench.BLOCKS and all(len(set(t)) == 1 for t in turns), "no call of another engine"
+    assert [t[0] for t in turns[:2]] == ["torch fp32", "other"] and turns[2][0] == "other", "turns rotate"
+    assert found["torch fp32"]["seconds"] == pytest.approx(0.004) and found["other"]["seconds"] == pytest.approx(0.001)
+    log.clear()
+    bench.measure(runs, {}, repeats=3)  # interleaved: the engines alternate call by call
+    assert log[2:] == ["torch fp32", "other", "other", "torch fp32", "torch fp32", "other"]
+
+
 def test_sparsify_fuses_gelu_into_the_ffn_in(shipped):
     from transformers import AutoModelForSequenceClassification
 

@@ -102,29 +102,44 @@ def _nncf_int8(network, batches: list[dict]):
     return nncf.quantize(network, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
 
 
-def measure(runs: dict[str, Callable], x: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each engine, the engines taking turns in every round."""
+BLOCKS, PAUSE = 3, 1.0  # alternating blocks: turns each engine takes, and seconds of rest before each
+
+
+def measure(runs: dict[str, Callable], x: dict, repeats: int, blocks: bool = False) -> dict[str, float]:
+    """Median seconds per call of each engine: the engines taking turns in every round (interleaved), or with
+    `blocks`, taking turns in blocks (a second's rest, one untimed call, then `repeats` timed calls; BLOCKS turns
+    each, the median of the blocks' medians), so that no engine's call follows another engine's: a thread pool that
+    spins after its calls (OpenMP's, OpenVINO's) then takes no cores from the next engine's first call."""
     outputs = {name: _first(run(x)) for name, run in runs.items()}  # warm-up; the engine picks its kernels here
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for round_ in range(repeats):
+
+    def timed(name: str) -> float:
+        start = time.perf_counter()
+        runs[name](x)
+        return time.perf_counter() - start
+
+    for round_ in range(BLOCKS if blocks else repeats):
         order = list(runs)[round_ % len(runs):] + list(runs)[:round_ % len(runs)]
         for name in order:
-            start = time.perf_counter()
-            runs[name](x)
-            times[name].append(time.perf_counter() - start)
+            if blocks:
+                time.sleep(PAUSE)
+                runs[name](x)
+                times[name].append(statistics.median(timed(name) for _ in range(repeats)))
+            else:
+                times[name].append(timed(name))
     reference = outputs["torch fp32"]
     return {name: {"seconds": statistics.median(t), "max_abs_diff": float(np.abs(outputs[name] - reference).max())}
             for name, t in times.items()}
 
 
 def compare(dense: nn.Module, fast: FastModel | list[FastModel], shapes: list[tuple[int, int]], repeats: int,
-            threads: int,
-            calibration: list[dict] | None = None) -> dict:
-    """{"batch x length": {engine: {"seconds", "max_abs_diff"}}} for each shape (`calibration` as in `engines`)."""
+            threads: int, calibration: list[dict] | None = None, blocks: bool = False) -> dict:
+    """{"batch x length": {engine: {"seconds", "max_abs_diff"}}} for each shape (`calibration` as in `engines`,
+    `blocks` as in `measure`)."""
     torch.set_num_threads(threads)
     sample = inputs(dense.config, 2, 16)
     runs = engines(dense, fast, sample, threads, calibration)
-    return {f"{b}x{n}": measure(runs, inputs(dense.config, b, n), repeats) for b, n in shapes}
+    return {f"{b}x{n}": measure(runs, inputs(dense.config, b, n), repeats, blocks) for b, n in shapes}
 
 
 def table(results: dict, label: str = "") -> str:
