@@ -109,7 +109,7 @@ def measure(runs: dict[str, Callable], x: dict, repeats: int, blocks: bool = Fal
     """Median seconds per call of each engine: the engines taking turns in every round (interleaved), or with
     `blocks`, taking turns in blocks (a second's rest, one untimed call, then `repeats` timed calls; BLOCKS turns
     each, the median of the blocks' medians), so that no engine's call follows another engine's: a thread pool that
-    spins after its calls (OpenMP's, OpenVINO's) then takes no cores from the next engine's first call."""
+    keeps spinning after its calls (DeepSparse's did) then takes no cores from the next engine's timed calls."""
     outputs = {name: _first(run(x)) for name, run in runs.items()}  # warm-up; the engine picks its kernels here
     times: dict[str, list[float]] = {name: [] for name in runs}
 

@@ -201,8 +201,8 @@ def fused_attention(qkv: torch.Tensor, mask: torch.Tensor | None, heads: int, sc
 
 
 def add_layernorm(a: torch.Tensor, b: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor | None:
-    """LayerNorm(a + b) in fp32 on the native kernel (the residual add and the norm in one pass; a and b fp32 or
-    bf16), as torch computes it under autocast; None where the kernel is not built or `norm` is not a plain affine
+    """LayerNorm(a + b) computed and returned in fp32 on the native kernel (the residual add and the norm in one
+    pass; a and b fp32 or bf16); None where the kernel is not built or `norm` is not a plain affine
     LayerNorm over the last dimension of fp32 weights, so that the caller runs torch's."""
     native, _ = _native()
     if (native is None or type(norm) is not torch.nn.LayerNorm

@@ -12,8 +12,6 @@
 #include <string>
 #include <type_traits>
 
-// Rows of n values widened to fp32 / narrowed from fp32 (bf16: 16 at a time, rounding to nearest even as
-// torch does, NaN kept a NaN); fp32 is a copy.
 // n values of T on a cache line's boundary (64 bytes): the kernels read their tiles and sums 64 bytes at a time,
 // and a load across two lines costs two (std::vector's memory is aligned to 16 bytes only).
 template <typename T> class Aligned {
@@ -37,6 +35,8 @@ template <typename In> static inline __m512 load16(const In* src) {
 }
 #endif
 
+// Rows of n values widened to fp32 / narrowed from fp32 (bf16: 16 at a time, rounding to nearest even as
+// torch does, NaN kept a NaN); fp32 is a copy.
 template <typename In> static inline void widen(const In* src, float* dst, int64_t n) {
     int64_t i = 0;
 #if defined(__AVX512F__)
@@ -57,8 +57,8 @@ static inline __m256i to_bf16(__m512 v) {
     return _mm512_cvtepi32_epi16(r);
 }
 
-// 16 floats stored as Out (fp32 as they are, bf16 narrowed); with `lanes`, only the first that many.
-template <typename Out> static inline void store16(Out* dst, __m512 v, int lanes = 16) {
+// 16 floats stored as Out (fp32 as they are, bf16 narrowed as torch rounds); with `lanes`, only the first that many.
+template <typename Out> static inline void store_as(Out* dst, __m512 v, int lanes = 16) {
     const __mmask16 keep = lanes >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << lanes) - 1);
     if constexpr (std::is_same<Out, at::BFloat16>::value)
         _mm256_mask_storeu_epi16(reinterpret_cast<__m256i*>(dst), keep, to_bf16(v));
@@ -71,7 +71,7 @@ template <typename Out> static inline void narrow(const float* src, Out* dst, in
     int64_t i = 0;
 #if defined(__AVX512F__)
     if constexpr (std::is_same<Out, at::BFloat16>::value)
-        for (; i + 16 <= n; i += 16) store16<Out>(dst + i, _mm512_loadu_ps(src + i));
+        for (; i + 16 <= n; i += 16) store_as<Out>(dst + i, _mm512_loadu_ps(src + i));
 #endif
     for (; i < n; ++i) dst[i] = static_cast<Out>(src[i]);
 }

@@ -133,7 +133,7 @@ static void dequantize_out(const int32_t* acc, int64_t rows, int64_t count, cons
             }
             transpose16(r);
             for (int64_t c = 0; c < 16 && t + c < count; ++c)
-                store16<Out>(y + (t + c) * stride + o, r[c], static_cast<int>(n));
+                store_as<Out>(y + (t + c) * stride + o, r[c], static_cast<int>(n));
         }
     }
 }

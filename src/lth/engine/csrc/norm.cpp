@@ -1,11 +1,11 @@
 // LayerNorm(a + b) over the last dimension in one pass: the residual add, the row's mean and variance, the
-// normalisation and its affine map, fp32 throughout (as torch computes layer_norm under autocast), fp32 out. a and
-// b may each be fp32 or bf16. Replaces torch's add then layer_norm, which on bf16/fp32 activations of 4096 x 384 took
+// normalisation and its affine map, in fp32 (as torch's layer_norm computes inside), fp32 out. a and b may each be
+// fp32 or bf16. Replaces torch's add then layer_norm, which on bf16/fp32 activations of 4096 x 384 took
 // ~2 ms a layer norm and ~1 ms an add on 2 cores (benchmarks/results/design-measurements.md).
 #include "common.h"
 #include "kernels.h"
 
-// The sum of a row of n floats: 16 lanes on AVX-512 (a tail, then one reduction), else a plain loop.
+// The sum of a row of n floats: two chains of 16 lanes on AVX-512, reduced, then the tail; else a plain loop.
 static inline float row_sum(const float* v, int64_t n) {
     int64_t i = 0;
     float total = 0.f;
