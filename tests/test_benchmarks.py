@@ -106,6 +106,13 @@ def test_own_dense_path_times_the_engine_against_itself_all_dense(tmp_path):
 
 
 
+@pytest.mark.subprocess
+def test_layer_calls_times_a_forward_and_its_pruned_layers_alone(tmp_path):
+    out = run_script("layer_calls.py", "--model", make_tiny(tmp_path / "bert"), "--sparsity", "0.5", "--precision",
+                     "fp32", "--length", "16", "--repeats", "3", "--threads", "1")
+    assert "forward" in out and "pruned-layer calls alone" in out
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_dropout_cost_int8_kernels_and_bf16_weights_run(tmp_path):
