@@ -97,8 +97,10 @@ def main() -> None:
         print(table(results, f"{sparsity:.0%} sparse, "))
         for engine in fast:
             chosen = [c for layer in engine.layers().values() for c in layer.split(",")]
+            int8_dense = sum(c.endswith("int8-dense") for c in chosen)
             print(f"  {engine.precision}: layers on the sparse kernel: {sum(c.endswith('sparse') for c in chosen)} "
-                  f"of {len(chosen)} (layer x input size)")
+                  f"of {len(chosen)} (layer x input size)" + (f", on the dense int8 product: {int8_dense}"
+                                                               if engine.precision == "int8" else ""))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(found, handle, indent=2)

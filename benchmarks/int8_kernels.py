@@ -1,5 +1,5 @@
 """One pruned linear layer, every way lth could run it: the int8 quad kernel (AVX512-VNNI, activations quantised per
-token on the fly), the bf16 pair kernel, the fp32 CSR kernel, and the dense products a user has without lth (torch
+token on the fly), lth's dense int8 side (the same quantisation around torch._int_mm), the bf16 pair kernel, the fp32 CSR kernel, and the dense products a user has without lth (torch
 bf16 and fp32 matmul, torch's dynamic int8 linear on its x86 and onednn engines). MiniLM-L6's shapes, magnitude-free
 random pruning at each sparsity, bf16 activations where a kernel takes them.
 
@@ -19,7 +19,7 @@ import torch
 
 from lth.core.devices import cpu_flags
 from lth.engine.kernels import CSR, pair_kernel, sparse_linear
-from lth.engine.quads import QuadCSR, quad_kernel, quad_linear
+from lth.engine.quads import Int8Dense, QuadCSR, int8_dense, int8_dense_linear, quad_kernel, quad_linear
 
 SHAPES = {"ffn-in 1536x384": (1536, 384), "ffn-out 384x1536": (384, 1536), "qkv 1152x384": (1152, 384),
           "attention-out 384x384": (384, 384)}
@@ -46,6 +46,9 @@ def configurations(weight: torch.Tensor, bias: torch.Tensor) -> dict:
         found["lth int8 quads"] = (lambda x: quad_linear(x, quads, bf16_out=True), torch.bfloat16)
         empty = QuadCSR(torch.zeros_like(weight), bias)  # what a layer costs besides its products
         found["lth int8, tile and output only"] = (lambda x: quad_linear(x, empty, bf16_out=True), torch.bfloat16)
+    if int8_dense():
+        whole = Int8Dense(weight, bias)
+        found["lth int8 dense"] = (lambda x: int8_dense_linear(x, whole, bf16_out=True), torch.bfloat16)
     if pair_kernel():
         pairs = CSR(weight, bias, pairs=True)
         found["lth bf16 pairs"] = (lambda x: sparse_linear(x, pairs, bf16_out=True), torch.bfloat16)

@@ -1,12 +1,14 @@
 """The int8 quad kernel (AVX512-VNNI, csrc/int8.cpp) against a reference written with torch's integer products: random
 shapes and densities (0 and 100% included), ragged rows, empty rows, token counts around the 64-token tile, bf16 in
-and out, fused GELU; and the layout itself."""
+and out, fused GELU; and the layout itself. The dense int8 side (the same quantisation around torch._int_mm) against
+the quad kernel, bit for bit."""
 from pathlib import Path
 
 import pytest
 import torch
 
-from lth.engine.quads import QuadCSR, quad_kernel, quad_linear, quantize_rows, quantize_tokens
+from lth.engine.quads import (SLICE, Int8Dense, QuadCSR, int8_dense, int8_dense_linear, quad_kernel, quad_linear,
+                              quantize_rows, quantize_tokens)
 from test_fast import force, model_logits, shipped, two_pairs  # noqa: F401  (shipped: the fixture)
 
 needs_vnni = pytest.mark.skipif(not quad_kernel(), reason="the CPU has no AVX512-VNNI (no int8 quads here)")
@@ -66,6 +68,62 @@ def test_bf16_in_and_out_and_fused_gelu():
     assert torch.allclose(g.float(), torch.nn.functional.gelu(expected), rtol=1e-2, atol=1e-2)
 
 
+needs_int8_dense = pytest.mark.skipif(not int8_dense(), reason="no AVX512-VNNI or no torch._int_mm here")
+
+
+@needs_int8_dense
+@pytest.mark.parametrize("tokens,rows,width,density", [
+    (1, 16, 16, 0.5), (63, 48, 40, 0.3), (SLICE, 384, 384, 0.5), (SLICE + 1, 37, 383, 0.3), (3 * SLICE + 5, 96, 700, 0.1),
+    (7, 64, 100, 1.0), (9, 32, 17, 0.0)])
+def test_the_dense_int8_side_is_bit_identical_to_the_quads(tokens, rows, width, density):
+    w, b = pruned(rows, width, density, tokens), torch.randn(rows)
+    x = torch.randn(tokens, width) * torch.rand(tokens, 1) * 3
+    x[tokens // 2] = 0
+    whole, quads = Int8Dense(w, b), QuadCSR(w, b)
+    for inputs in (x, x.bfloat16()):
+        for gelu in (False, True):
+            for bf16_out in (False, True):
+                y = int8_dense_linear(inputs, whole, gelu=gelu, bf16_out=bf16_out)
+                assert torch.equal(y, quad_linear(inputs, quads, gelu=gelu, bf16_out=bf16_out))
+    y = int8_dense_linear(x, whole)  # and both are the reference's int8 product
+    expected = reference(x, w, b)
+    assert y.dtype == torch.float32 and torch.equal(y[tokens // 2], b)
+    assert torch.allclose(y.double(), expected, rtol=1e-5, atol=1e-5 * (1 + expected.abs().max().item()))
+
+
+@needs_int8_dense
+def test_the_native_token_quantisation_is_the_reference():
+    from lth.engine.build import native
+
+    x = torch.randn(70, 37) * torch.rand(70, 1) * 5
+    x[3] = 0
+    x[5, :4] = torch.tensor([127.0, 2.5, -2.5, 0.5])  # ties, to even: 2.5 -> 2, -2.5 -> -2, 0.5 -> 0
+    x[5, 4:] = 0
+    for inputs in (x, x.bfloat16()):
+        q, scale = native()[0].quantize_tokens(inputs.contiguous())
+        expected_q, expected_scale = quantize_tokens(inputs)
+        assert q.dtype == torch.int8 and torch.equal(q, expected_q) and torch.equal(scale, expected_scale)
+    assert q[5, :4].tolist() == [127, 2, -2, 0]
+
+
+@needs_int8_dense
+def test_an_unpruned_layer_of_the_ticket_runs_the_dense_int8_product_in_int8():
+    from lth.engine.sparse import SparseLinear, sparsify
+
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.Linear(24, 8))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.rand(24, 40, generator=g) < 0.3)  # pruned; model[1] kept whole
+    assert sparsify(torch.nn.Sequential(*model), names=["0.weight", "1.weight"]) == 1  # bf16/fp32: dense left alone
+    assert sparsify(model, names=["0.weight", "1.weight"], int8=True) == 2
+    pruned_layer, whole_layer = model
+    assert isinstance(whole_layer, SparseLinear) and whole_layer.csr is None and whole_layer.whole is not None
+    x = torch.randn(5, 24, generator=g)
+    assert torch.equal(whole_layer(x), int8_dense_linear(x, Int8Dense(whole_layer.dense.weight,
+                                                                       whole_layer.dense.bias)))
+    assert whole_layer.choice == {8: "dense"} and isinstance(pruned_layer.csr, QuadCSR)
+
+
 def test_the_layout_packs_four_int8_weights_a_word_and_pads_short_rows():
     w = torch.zeros(3, 8)
     w[0, [1, 2, 4, 6, 7]] = torch.tensor([1.0, -2.0, 3.0, 127.0, -127.0])  # 5 non-zeros: two quads
@@ -100,8 +158,12 @@ def test_load_fast_in_int8_follows_the_model_and_runs_the_quads_where_chosen(shi
     assert layers and all(m.int8 and isinstance(m.csr, QuadCSR) for m in layers)
     fast(**batch)
     force(fast, "sparse")  # every layer on the int8 kernel: the model's outputs within int8's error
-    assert torch.allclose(fast(**batch).logits.float(), want, atol=0.05)
-    assert fast(**batch).logits.argmax(-1).tolist() == want.argmax(-1).tolist()
+    on_quads = fast(**batch).logits
+    assert torch.allclose(on_quads.float(), want, atol=0.05)
+    assert on_quads.argmax(-1).tolist() == want.argmax(-1).tolist()
+    if int8_dense():  # every layer on the dense int8 product: the same outputs, bit for bit
+        force(fast, "dense")
+        assert torch.equal(fast(**batch).logits, on_quads)
 
 
 def test_int8_is_refused_with_the_reason_where_the_kernel_is_missing(shipped, monkeypatch):

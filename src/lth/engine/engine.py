@@ -48,8 +48,9 @@ class FastModel(nn.Module):
         return super().train(False)
 
     def layers(self) -> dict[str, str]:
-        """Per swapped layer, which implementation each input size uses (after the first calls)."""
-        return {name: ",".join(f"{b}:{c}" for b, c in sorted(m.choice.items())) or "not run yet"
+        """Per swapped layer, which implementation each input size uses (after the first calls): 'sparse', 'dense',
+        or in int8 'int8-dense' (the dense int8 product)."""
+        return {name: ",".join(f"{b}:{m.implementation(c)}" for b, c in sorted(m.choice.items())) or "not run yet"
                 for name, m in self.model.named_modules() if isinstance(m, SparseLinear)}
 
 

@@ -5,7 +5,12 @@ The layout: the rows' non-zeros (of the int8 weights; a weight that rounds to 0 
 512 (a chunk of the u8 tile is 32 KiB, L1's size), four a quad: `indices` holds four columns a quad (int16,
 relative to the chunk), `values` one int32 a quad with the k-th weight in byte k, a row ending on a quad padded
 with weight 0 on its last column; `scale` (per row, max |w| / 127) and `rowsum` (per row, the sum of its int8
-weights, for the kernel's u8 offset)."""
+weights, for the kernel's u8 offset).
+
+The dense int8 side (`Int8Dense`, for layers where the sparse kernel does not pay): the same q(W) and scales as a
+plain int8 matrix for `torch._int_mm` (oneDNN's int8 GEMM, VNNI or AMX), with x quantised and the sums dequantised
+by the kernels' own code (csrc/int8.cpp): its sums are exact in int32 as the quad kernel's are, so a layer's output is
+bit-identical whichever side it runs."""
 from __future__ import annotations
 
 import torch
@@ -13,6 +18,7 @@ import torch
 from .build import native as _native
 
 CHUNK = 512
+SLICE = 128  # tokens a dense int8 product takes at a time (int8_dense_linear)
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,3 +90,43 @@ def quad_linear(x: torch.Tensor, layout: QuadCSR, gelu: bool = False, bf16_out: 
     out = _native()[0].quad_linear(flat.contiguous(), layout.chunk, layout.indptr, layout.indices, layout.values,
                                    layout.scale, layout.rowsum, layout.bias, gelu, bf16_out)
     return out.reshape(*lead, layout.shape[0])
+
+
+class Int8Dense:
+    """A weight matrix (and bias) quantised per output row as `QuadCSR` quantises it, kept whole (in x out, int8) for
+    `torch._int_mm`."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        q, self.scale = quantize_rows(weight)
+        self.shape = tuple(q.shape)
+        self.weight_t = q.t().contiguous()  # (in, out): measured no slower than the transposed view at 1-4,096 tokens
+        self.bias = (torch.zeros(self.shape[0]) if bias is None else bias.detach().float().cpu()).contiguous()
+
+
+def int8_dense() -> bool:
+    """Whether the dense int8 side runs here: the VNNI kernels (which quantise and dequantise) and torch._int_mm."""
+    return quad_kernel() and hasattr(torch, "_int_mm")
+
+
+def int8_dense_linear(x: torch.Tensor, layer: Int8Dense, gelu: bool = False, bf16_out: bool = False) -> torch.Tensor:
+    """x (..., in) -> (..., out) as `quad_linear` computes it, through a dense int8 product: bit-identical to it for
+    the same weights. Needs `int8_dense()`.
+
+    The product runs SLICE tokens at a time into one int32 buffer, each slice dequantised as it comes: measured,
+    oneDNN's int8 GEMM through torch._int_mm takes 2-3x longer per token on 1,024-4,096 tokens than on 128
+    (benchmarks/results/int8-kernels-xeon-amx.txt), and the slices' sums stay in cache."""
+    if not int8_dense():
+        raise RuntimeError("the dense int8 product needs the AVX512-VNNI kernels and torch._int_mm, not here")
+    native = _native()[0]
+    lead, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    flat = flat if flat.dtype in (torch.float32, torch.bfloat16) else flat.float()
+    q, xscale = native.quantize_tokens(flat.contiguous())
+    tokens, rows = q.shape[0], layer.shape[0]
+    out = torch.empty(tokens, rows, dtype=torch.bfloat16 if bf16_out or flat.dtype == torch.bfloat16 else torch.float32)
+    sums = torch.empty(min(tokens, SLICE), rows, dtype=torch.int32)
+    for start in range(0, tokens, SLICE):
+        end = min(tokens, start + SLICE)
+        part = sums[: end - start]
+        torch._int_mm(q[start:end], layer.weight_t, out=part)
+        native.dequantize_rows(part, xscale[start:end], layer.scale, layer.bias, gelu, out[start:end])
+    return out.reshape(*lead, rows)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .kernels import CSR, backend, pair_kernel, sparse_linear
-from .quads import QuadCSR, quad_kernel, quad_linear
+from .quads import Int8Dense, QuadCSR, int8_dense, int8_dense_linear, quad_kernel, quad_linear
 
 DENSE_ABOVE = 0.8  # a matrix keeping more than this is never worth a sparse kernel
 ROUNDS = 3  # timed rounds per implementation when a layer chooses, after one warm-up call of each
@@ -22,18 +22,24 @@ class SparseLinear(nn.Module):
     AVX512-BF16 it also multiplies as that matmul does, bf16 weights by bf16 activations summed in fp32 (the pair
     kernel, twice the products per instruction and half the bytes); elsewhere it multiplies in fp32. `gelu` (the
     FFN's first layer): GELU is applied inside the kernel, on values still in registers, instead of a second pass.
-    `int8` (needs `quad_kernel()`): the sparse side is the int8 quad kernel (weights per row, activations per token);
-    the dense side stays the layer's own matmul, so a layer where int8 sparse does not pay keeps it."""
+    `int8` (needs `quad_kernel()`): the sparse side is the int8 quad kernel (weights per row, activations per token)
+    and the dense side the same quantisation through a dense int8 product (`int8_dense_linear`), whose output is
+    bit-identical: what a layer computes does not depend on which side the timing picks, so the dev metric `lth
+    export` measures holds at every batch size. A matrix keeping more than DENSE_ABOVE of its weights takes the dense
+    int8 side without a sparse layout. Where torch has no `_int_mm`, the dense side is the layer's own matmul."""
 
     def __init__(self, linear: nn.Linear, bf16: bool = False, gelu: nn.Module | None = None, int8: bool = False):
         super().__init__()
         self.dense, self.bf16, self.gelu, self.int8 = linear, bf16, gelu, int8
         if int8 and not quad_kernel():
             raise RuntimeError("int8 needs the AVX512-VNNI quad kernel, not built here")
-        self.csr = QuadCSR(linear.weight, linear.bias) if int8 else CSR(linear.weight, linear.bias,
-                                                                         pairs=bf16 and pair_kernel())
+        self.whole = Int8Dense(linear.weight, linear.bias) if int8 and int8_dense() else None
+        # an unpruned matrix of a ticket, in int8 (see `sparsify`): the dense int8 product alone
+        whole_only = self.whole is not None and float((linear.weight != 0).float().mean()) > DENSE_ABOVE
+        self.sparse_ok = backend()[0] != "none" and not whole_only
+        self.csr = None if not self.sparse_ok else QuadCSR(linear.weight, linear.bias) if int8 else CSR(
+            linear.weight, linear.bias, pairs=bf16 and pair_kernel())
         self.choice: dict[int, str] = {}
-        self.sparse_ok = backend()[0] != "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bucket = 1 << max(0, (x.numel() // x.shape[-1] - 1).bit_length())
@@ -41,11 +47,17 @@ class SparseLinear(nn.Module):
             self.choice[bucket] = self._faster(x) if self.sparse_ok else "dense"
         return self._sparse(x) if self.choice[bucket] == "sparse" else self._dense(x)
 
+    def implementation(self, choice: str) -> str:
+        """What a choice runs, by name: 'sparse', 'dense' (the layer's own matmul) or 'int8-dense'."""
+        return "int8-dense" if choice == "dense" and self.whole is not None else choice
+
     def _sparse(self, x: torch.Tensor) -> torch.Tensor:
         run = quad_linear if self.int8 else sparse_linear
         return run(x, self.csr, gelu=self.gelu is not None, bf16_out=self.bf16)
 
     def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        if self.whole is not None:
+            return int8_dense_linear(x, self.whole, gelu=self.gelu is not None, bf16_out=self.bf16)
         y = self.dense(x)
         return self.gelu(y) if self.gelu is not None else y
 
@@ -62,7 +74,8 @@ class SparseLinear(nn.Module):
 
 def sparsify(model: nn.Module, names: list[str] | None = None, bf16: bool = False, int8: bool = False) -> int:
     """Swap every pruned nn.Linear (or those whose weight is in `names`) for a SparseLinear (`bf16`, `int8` as there);
-    returns how many.
+    returns how many. A matrix keeping more than DENSE_ABOVE of its weights stays as it is, except in int8, where a
+    layer in `names` runs the dense int8 product instead.
 
     A BERT-style FFN-in (a module with `dense` and an exact GELU as `intermediate_act_fn`) gets GELU fused."""
     swapped = 0
@@ -71,7 +84,8 @@ def sparsify(model: nn.Module, names: list[str] | None = None, bf16: bool = Fals
             full = f"{parent_name}.{child_name}" if parent_name else child_name
             if not isinstance(child, nn.Linear) or (names is not None and f"{full}.weight" not in names):
                 continue
-            if float((child.weight != 0).float().mean()) > DENSE_ABOVE:
+            dense = float((child.weight != 0).float().mean()) > DENSE_ABOVE
+            if dense and not (int8 and int8_dense() and names is not None):
                 continue
             act = getattr(parent, "intermediate_act_fn", None)
             fused = child_name == "dense" and _exact_gelu(act)

@@ -8,6 +8,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("has_pairs", &has_pairs, "whether the bf16 pair kernel is built");
     m.def("quad_linear", &quad_linear, "y = dequant(q(x) q(W)ᵀ) + b from the int8 quad layout");
     m.def("has_quads", &has_quads, "whether the int8 quad kernel (AVX512-VNNI) is built");
+    m.def("quantize_tokens", &quantize_tokens, "(int8 x per token, its scales) for the dense int8 product");
+    m.def("dequantize_rows", &dequantize_rows, "y = sums scale_w scale_x + b (then GELU), into y, after the dense int8 product");
     m.def("attention", &attention, "fused attention over a Q|K|V projection");
     m.def("add_layernorm", &add_layernorm, "LayerNorm(a + b), the residual add and the norm in one pass");
     m.def("attention_dtypes", &attention_dtypes, "the dtypes the fused attention is built for");

@@ -167,7 +167,101 @@ static void quad_tiles(const In* x, int64_t tokens, int64_t width, int64_t chunk
                             gelu, y + start * rows + first, rows);
     }
 }
+// The dense int8 side (layers where the sparse kernel does not pay): x quantised per token into a plain int8
+// matrix for torch._int_mm (oneDNN's int8 GEMM), then its int32 sums dequantised. Both do exactly what the quad
+// kernel does (the same rounding of x, the same fmadd), so for the same q(W) a layer gives bit-identical outputs
+// whichever side it runs.
+
+// x (tokens x width, fp32 or bf16) -> q (tokens x width, int8): round(x 127 / max |x|) per token, nearest even, and
+// that token's scale (max |x| / 127; 0 for an all-zero token), written to scale.
+template <typename In>
+static void quantize_rows_of(const In* x, int64_t width, int64_t begin, int64_t end, int8_t* q, float* scale) {
+    const __m512i low = _mm512_set1_epi32(-127), high = _mm512_set1_epi32(127);
+    for (int64_t t = begin; t < end; ++t) {
+        const In* row = x + t * width;
+        int8_t* out = q + t * width;
+        const float top = max_abs<In>(row, width);
+        const float inverse = top > 0.f ? 127.f / top : 0.f;
+        scale[t] = top > 0.f ? top / 127.f : 0.f;
+        int64_t i = 0;
+        for (; i + 16 <= width; i += 16) {
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(load16<In>(row + i), _mm512_set1_ps(inverse)));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                             _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(v, low), high)));
+        }
+        for (; i < width; ++i)
+            out[i] = static_cast<int8_t>(std::min(127, std::max(-127, static_cast<int>(std::nearbyint(
+                static_cast<float>(row[i]) * inverse)))));
+    }
+}
+
+// sums (tokens x rows, int32, of q(x) q(W)ᵀ) -> y = sums scale_w scale_x + bias (then GELU), written as Out.
+template <typename Out>
+static void dequantize_rows_of(const int32_t* acc, int64_t rows, int64_t begin, int64_t end, const float* xscale,
+                               const float* wscale, const float* bias, bool gelu, Out* y) {
+    for (int64_t t = begin; t < end; ++t) {
+        const __m512 xs = _mm512_set1_ps(xscale[t]);
+        for (int64_t o = 0; o < rows; o += 16) {
+            const int n = static_cast<int>(std::min<int64_t>(16, rows - o));
+            const __mmask16 keep = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+            const __m512 v = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(keep, acc + t * rows + o));
+            __m512 r = _mm512_fmadd_ps(_mm512_mul_ps(v, _mm512_maskz_loadu_ps(keep, wscale + o)), xs,
+                                       _mm512_maskz_loadu_ps(keep, bias + o));
+            if (gelu) r = gelu16(r);
+            store_as<Out>(y + t * rows + o, r, n);
+        }
+    }
+}
 #endif
+
+std::vector<torch::Tensor> quantize_tokens(torch::Tensor x) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "quantize_tokens: x must be a contiguous (tokens, width) matrix");
+    const int64_t tokens = x.size(0), width = x.size(1);
+    auto q = torch::empty({tokens, width}, x.options().dtype(at::kChar));
+    auto scale = torch::empty({tokens}, x.options().dtype(at::kFloat));
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width));
+    at::parallel_for(0, tokens, grain, [&](int64_t begin, int64_t end) {
+        if (x.scalar_type() == at::ScalarType::BFloat16)
+            quantize_rows_of<at::BFloat16>(reinterpret_cast<const at::BFloat16*>(x.data_ptr()), width, begin, end,
+                                           q.data_ptr<int8_t>(), scale.data_ptr<float>());
+        else
+            quantize_rows_of<float>(x.data_ptr<float>(), width, begin, end, q.data_ptr<int8_t>(),
+                                    scale.data_ptr<float>());
+    });
+    return {q, scale};
+#else
+    TORCH_CHECK(false, "this build has no AVX512-VNNI: int8 needs it");
+    return {x};
+#endif
+}
+
+void dequantize_rows(torch::Tensor acc, torch::Tensor xscale, torch::Tensor wscale, torch::Tensor bias, bool gelu,
+                     torch::Tensor y) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    TORCH_CHECK(acc.dim() == 2 && acc.is_contiguous() && acc.scalar_type() == at::kInt,
+                "dequantize_rows: the sums must be a contiguous int32 (tokens, rows) matrix");
+    const int64_t tokens = acc.size(0), rows = acc.size(1);
+    TORCH_CHECK(xscale.numel() == tokens && wscale.numel() == rows && bias.numel() == rows,
+                "dequantize_rows: one scale per token, one scale and bias per row");
+    TORCH_CHECK(y.is_contiguous() && y.size(0) == tokens && y.size(1) == rows &&
+                (y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16),
+                "dequantize_rows: y must be a contiguous fp32 or bf16 matrix of the sums' shape");
+    const bool bf16_out = y.scalar_type() == at::kBFloat16;
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, rows));
+    at::parallel_for(0, tokens, grain, [&](int64_t begin, int64_t end) {
+        if (bf16_out)
+            dequantize_rows_of<at::BFloat16>(acc.data_ptr<int32_t>(), rows, begin, end, xscale.data_ptr<float>(),
+                                             wscale.data_ptr<float>(), bias.data_ptr<float>(), gelu,
+                                             reinterpret_cast<at::BFloat16*>(y.data_ptr()));
+        else
+            dequantize_rows_of<float>(acc.data_ptr<int32_t>(), rows, begin, end, xscale.data_ptr<float>(),
+                                      wscale.data_ptr<float>(), bias.data_ptr<float>(), gelu, y.data_ptr<float>());
+    });
+#else
+    TORCH_CHECK(false, "this build has no AVX512-VNNI: int8 needs it");
+#endif
+}
 
 torch::Tensor quad_linear(torch::Tensor x, int64_t chunk, torch::Tensor indptr, torch::Tensor indices,
                           torch::Tensor quads, torch::Tensor wscale, torch::Tensor rowsum, torch::Tensor bias,
