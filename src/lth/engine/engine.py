@@ -107,8 +107,9 @@ def choose_precision(export: Path) -> tuple[str, str]:
     int8 = _measured(export, "int8_engine")
     if not quad_kernel():
         return precision, why + "; int8 needs AVX512-VNNI, not here"
-    if "amx_bf16" in cpu_flags():  # measured: lth's int8 engine ran slower than its bf16 one there (docs/speed.md)
-        return precision, why + "; int8 left out: with AMX the dense bf16 matmuls are faster than the int8 kernel"
+    if "amx_bf16" in cpu_flags():  # measured: lth's int8 engine no faster than its bf16 one at batch 32 (docs/speed.md)
+        return precision, why + ("; int8 left out: with AMX, lth's bf16 engine was as fast at batch 32 on a real "
+                                 "ticket (--precision int8 was faster at batch 1)")
     if not int8:
         return precision, why + "; int8 not measured on the dev set (lth export ... --force with this lth measures it)"
     if not int8.get("within_tolerance"):
