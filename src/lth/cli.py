@@ -112,12 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     clock = sub.add_parser("speed", help="how fast an exported ticket runs here, against the dense engines",
                            description="Times lth's engine (sparse kernels where they pay, bf16 where native) "
                            "against torch fp32 and bf16, ONNX Runtime and OpenVINO (where installed), interleaved, "
-                           "at batch x 128 tokens and 1 x 128; prints medians and ratios.")
+                           "at batch x 128 tokens and 1 x 128; prints medians and ratios. With --data, also every engine's dev metric.")
     clock.add_argument("export", help="a folder written by lth export")
     clock.add_argument("--batch-size", type=int, default=32)
     clock.add_argument("--length", type=int, default=128)
     clock.add_argument("--repeats", type=int, default=10)
     clock.add_argument("--threads", type=int, help="threads for every engine (default: all cores)")
+    clock.add_argument("--data", help="the ticket's task data (the GLUE folder; for the bbc demo, any value): also "
+                       "score every engine on its dev set, OpenVINO int8 calibrated on 100 of its training sentences")
     label = sub.add_parser("predict", help="label a file of texts with an exported classifier, on the fast engine")
     label.add_argument("export", help="a folder written by lth export")
     label.add_argument("--input", required=True, help="a .csv, .tsv or .jsonl file")
@@ -229,9 +231,13 @@ def cmd_speed(args) -> None:
 
     from .artifacts.hf import reload_hf
     from .core.models import position_limit
-    from .engine.bench import compare, table
+    from transformers import AutoTokenizer
+
+    from .core.files import load_json
+    from .engine.bench import compare, engines, inputs, table
     from .engine.engine import load_fast
     from .engine.kernels import backend
+    from .search.devspeed import calibration_batches, dev_metrics, metrics_table, ticket_task
 
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -242,11 +248,24 @@ def cmd_speed(args) -> None:
     dense = reload_hf(fast.model.name_or_path, type(fast.model).__name__)
     print(f"sparse kernel: {backend()[1]}; {threads} threads, median of {args.repeats} interleaved rounds")
     print(f"lth's engine runs in {fast.precision}: {fast.why}")
-    results = compare(dense, fast, [(args.batch_size, args.length), (1, args.length)], args.repeats, threads)
+    sample = inputs(dense.config, 2, 16)
+    calibration = task = None
+    if args.data is not None:  # before any timing: a wrong --data is named at once
+        task = ticket_task(Path(args.export).expanduser(), args.data)
+        tokenizer = AutoTokenizer.from_pretrained(fast.model.name_or_path)
+        length = load_json(Path(args.export).expanduser() / "ticket.json").get("recipe", {}).get("max_length", 128)
+        calibration = calibration_batches(task, tokenizer, length, list(sample))
+    runs = engines(dense, fast, sample, threads, calibration)
+    results = compare(dense, fast, [(args.batch_size, args.length), (1, args.length)], args.repeats, threads,
+                      runs=runs)
     print(table(results))
-    if any("openvino int8 (nncf)" in found for found in results.values()):
+    if task is not None:
+        print(metrics_table(dev_metrics(runs, task, tokenizer, length, list(sample)), task))
+        if "openvino int8 (nncf)" in runs:
+            print(f"openvino int8 (nncf) was calibrated on {len(calibration)} training sentences of the task")
+    elif "openvino int8 (nncf)" in runs:
         print("openvino int8 (nncf) was calibrated on random token ids: its speed is a user's, its outputs are not "
-              "(benchmarks/inference_speed.py --calibration calibrates it on real sentences)")
+              "(--data scores every engine on the dev set, calibrated on the task's own sentences)")
 
 
 def cmd_predict(args) -> None:

@@ -30,7 +30,8 @@ def inputs(config, batch: int, length: int, seed: int = 0) -> dict[str, torch.Te
     return found
 
 
-def _first(output) -> np.ndarray:
+def first_output(output) -> np.ndarray:
+    """An engine's first output (the logits of a classifier) as a fp32 array, whatever the engine returns."""
     value = output[0] if isinstance(output, (tuple, list)) else next(iter(output.values()))
     return value.float().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=np.float32)
 
@@ -110,7 +111,7 @@ def measure(runs: dict[str, Callable], x: dict, repeats: int, blocks: bool = Fal
     `blocks`, taking turns in blocks (a second's rest, one untimed call, then `repeats` timed calls; BLOCKS turns
     each, the median of the blocks' medians), so that no engine's call follows another engine's: a thread pool that
     keeps spinning after its calls (DeepSparse's did) then takes no cores from the next engine's timed calls."""
-    outputs = {name: _first(run(x)) for name, run in runs.items()}  # warm-up; the engine picks its kernels here
+    outputs = {name: first_output(run(x)) for name, run in runs.items()}  # warm-up; the engine picks its kernels here
     times: dict[str, list[float]] = {name: [] for name in runs}
 
     def timed(name: str) -> float:
@@ -133,12 +134,12 @@ def measure(runs: dict[str, Callable], x: dict, repeats: int, blocks: bool = Fal
 
 
 def compare(dense: nn.Module, fast: FastModel | list[FastModel], shapes: list[tuple[int, int]], repeats: int,
-            threads: int, calibration: list[dict] | None = None, blocks: bool = False) -> dict:
+            threads: int, calibration: list[dict] | None = None, blocks: bool = False,
+            runs: dict[str, Callable] | None = None) -> dict:
     """{"batch x length": {engine: {"seconds", "max_abs_diff"}}} for each shape (`calibration` as in `engines`,
-    `blocks` as in `measure`)."""
+    `blocks` as in `measure`; `runs`: the engines, already built by `engines`)."""
     torch.set_num_threads(threads)
-    sample = inputs(dense.config, 2, 16)
-    runs = engines(dense, fast, sample, threads, calibration)
+    runs = runs or engines(dense, fast, inputs(dense.config, 2, 16), threads, calibration)
     return {f"{b}x{n}": measure(runs, inputs(dense.config, b, n), repeats, blocks) for b, n in shapes}
 
 
