@@ -73,8 +73,8 @@ needs_int8_dense = pytest.mark.skipif(not int8_dense(), reason="no AVX512-VNNI o
 
 @needs_int8_dense
 @pytest.mark.parametrize("tokens,rows,width,density", [
-    (1, 16, 16, 0.5), (63, 48, 40, 0.3), (SLICE, 384, 384, 0.5), (SLICE + 1, 37, 383, 0.3), (3 * SLICE + 5, 96, 700, 0.1),
-    (7, 64, 100, 1.0), (9, 32, 17, 0.0)])
+    (1, 16, 16, 0.5), (63, 48, 40, 0.3), (SLICE, 384, 384, 0.5), (SLICE + 1, 37, 383, 0.3),
+    (3 * SLICE + 5, 96, 700, 0.1), (7, 64, 100, 1.0), (9, 32, 17, 0.0)])
 def test_the_dense_int8_side_is_bit_identical_to_the_quads(tokens, rows, width, density):
     w, b = pruned(rows, width, density, tokens), torch.randn(rows)
     x = torch.randn(tokens, width) * torch.rand(tokens, 1) * 3

@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     clock = sub.add_parser("speed", help="how fast an exported ticket runs here, against the dense engines",
                            description="Times lth's engine (sparse kernels where they pay, bf16 where native) "
                            "against torch fp32 and bf16, ONNX Runtime and OpenVINO (where installed), interleaved, "
-                           "at batch x 128 tokens and 1 x 128; prints medians and ratios. With --data, also every engine's dev metric.")
+                           "at batch x 128 tokens and 1 x 128; prints medians and ratios. With --data, also every "
+                           "engine's dev metric.")
     clock.add_argument("export", help="a folder written by lth export")
     clock.add_argument("--batch-size", type=int, default=32)
     clock.add_argument("--length", type=int, default=128)
@@ -228,12 +229,11 @@ def cmd_inspect(args) -> None:
 
 def cmd_speed(args) -> None:
     import torch
-
-    from .artifacts.hf import reload_hf
-    from .core.models import position_limit
     from transformers import AutoTokenizer
 
+    from .artifacts.hf import reload_hf
     from .core.files import load_json
+    from .core.models import position_limit
     from .engine.bench import compare, engines, inputs, table
     from .engine.engine import load_fast
     from .engine.kernels import backend

@@ -112,9 +112,9 @@ def int8_dense_linear(x: torch.Tensor, layer: Int8Dense, gelu: bool = False, bf1
     """x (..., in) -> (..., out) as `quad_linear` computes it, through a dense int8 product: bit-identical to it for
     the same weights. Needs `int8_dense()`.
 
-    The product runs SLICE tokens at a time into one int32 buffer, each slice dequantised as it comes: measured,
-    oneDNN's int8 GEMM through torch._int_mm takes 2-3x longer per token on 1,024-4,096 tokens than on 128
-    (benchmarks/results/int8-kernels-xeon-amx.txt), and the slices' sums stay in cache."""
+    The product runs SLICE tokens at a time into one int32 buffer, each slice dequantised as it comes: oneDNN's int8
+    GEMM through torch._int_mm took up to 2.7x longer per token in one call on 4,096 tokens than in calls of 128
+    (benchmarks/results/design-measurements.md), and the slices' sums stay in cache."""
     if not int8_dense():
         raise RuntimeError("the dense int8 product needs the AVX512-VNNI kernels and torch._int_mm, not here")
     native = _native()[0]
