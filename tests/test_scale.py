@@ -192,13 +192,18 @@ def test_unit_trains_exactly_one_unit_and_never_one_held_elsewhere(toy, tmp_path
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_unit_waits_for_its_inputs(toy, tmp_path):
+    """Level 0 is trained only once level 1's process has said it waits (a fixed sleep raced a slow import)."""
     waiting = subprocess.Popen([sys.executable, "-m", "lth", *flags(toy, tmp_path, "--unit", "level_01")],
-                               env=env(toy), stdout=subprocess.PIPE, text=True)
-    time.sleep(8)
-    assert waiting.poll() is None, "level 1 waits for level 0"
+                               env={**env(toy), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, text=True)
+    seen = []
+    for line in waiting.stdout:
+        seen.append(line)
+        if "waiting for its inputs" in line:
+            break
+    assert waiting.poll() is None and "waiting for its inputs" in seen[-1], seen
     assert main(flags(toy, tmp_path, "--unit", "level_00")) == 0
-    out = waiting.communicate(timeout=300)[0]
-    assert "waiting for its inputs" in out and "level 1 trunk seed 1: training" in out
+    out = "".join(seen) + waiting.communicate(timeout=300)[0]
+    assert waiting.returncode == 0 and "level 1 trunk seed 1: training" in out, out
 
 
 @pytest.mark.slow
