@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -195,11 +196,13 @@ def test_unit_waits_for_its_inputs(toy, tmp_path):
     """Level 0 is trained only once level 1's process has said it waits (a fixed sleep raced a slow import)."""
     waiting = subprocess.Popen([sys.executable, "-m", "lth", *flags(toy, tmp_path, "--unit", "level_01")],
                                env={**env(toy), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, text=True)
-    seen = []
+    seen, watchdog = [], threading.Timer(300, waiting.kill)  # a silent hang fails the test instead of stalling it
+    watchdog.start()
     for line in waiting.stdout:
         seen.append(line)
         if "waiting for its inputs" in line:
             break
+    watchdog.cancel()
     assert waiting.poll() is None and "waiting for its inputs" in seen[-1], seen
     assert main(flags(toy, tmp_path, "--unit", "level_00")) == 0
     out = "".join(seen) + waiting.communicate(timeout=300)[0]
