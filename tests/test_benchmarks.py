@@ -163,3 +163,34 @@ def test_share_units_copies_what_the_other_run_trains_itself(tmp_path):
                               str(Path(lth.find(runs_dir=str(tmp_path / "c"), **{**common, "lr": 1e-3})["run"]))],
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "not the same computation" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_save_tickets_writes_each_level_as_a_ticket_transfer_accepts(tmp_path):
+    import torch
+
+    from lth.core import masks
+    from lth.core.fingerprints import base_fingerprint
+    from lth.core.tensors import load_tensors
+    from lth.search.sources import adapt, resolve_sources
+    from tiny import searched
+
+    made = searched(tmp_path, epochs=1, batch_size=8, lr=3e-3, schedule="remaining", rate=0.5, max_sparsity=0.8,
+                    precision="fp32", threads=1)
+    run = made["run"]
+    out = run_script("save_tickets.py", str(run), "--levels", "1,2", "--to", str(tmp_path / "tickets"))
+    init, _ = load_tensors(run / "init.safetensors")
+    for level, sparsity in ((1, 0.5), (2, 0.75)):
+        path = tmp_path / "tickets" / f"{run.name}-level{level}.safetensors"
+        assert f"{path}: level {level}, " in out
+        [source] = resolve_sources(str(path), None, None)
+        found = masks.load(run / f"level_{level:02d}" / "mask.safetensors")
+        assert source.mask.keys() == found.keys() and all(torch.equal(source.mask[k], found[k]) for k in found)
+        assert abs(source.sparsity - sparsity) < 0.01
+        assert source.base == base_fingerprint({k: init[k] for k in found}), "the fingerprints of θ0's weights"
+        adapt(source, {k: init[k] for k in found}, source.base, "the tiny BERT")  # accepted on its own base
+    unfinished = subprocess.run([sys.executable, str(REPO / "benchmarks" / "save_tickets.py"), str(run), "--levels",
+                                 "9", "--to", str(tmp_path / "tickets")], capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert unfinished.returncode != 0 and "level 9" in unfinished.stderr and "is not finished" in unfinished.stderr
