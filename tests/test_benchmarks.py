@@ -194,3 +194,32 @@ def test_save_tickets_writes_each_level_as_a_ticket_transfer_accepts(tmp_path):
                                  "9", "--to", str(tmp_path / "tickets")], capture_output=True, text=True,
                                 env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert unfinished.returncode != 0 and "level 9" in unfinished.stderr and "is not finished" in unfinished.stderr
+
+
+COMMITTED_TICKETS = sorted((REPO / "benchmarks" / "tickets").glob("*.safetensors"))
+
+
+def test_committed_tickets_apply_to_the_offline_minilm_at_their_levels_sparsity():
+    """The committed MLM masks are what their names say: each prunes exactly the weights the `remaining 0.3`
+    schedule plans for its level, and fits the offline MiniLM's 36 prunable matrices (pooler excluded) with the
+    pre-trained values it was found on, so `lth transfer FILE` needs no search."""
+    import re
+
+    from lth.core import masks
+    from lth.core.fingerprints import base_fingerprint
+    from lth.core.models import load_model, prunable_weights
+    from lth.core.pruning import sparsity_at
+    from lth.search.sources import adapt, resolve_sources
+
+    assert len(COMMITTED_TICKETS) >= 4, "the MLM searches' ticket files are committed under benchmarks/tickets"
+    weights = prunable_weights(load_model("minilm", "classification", seed=0, num_labels=2), exclude=["pooler"])
+    base = base_fingerprint(weights)
+    for path in COMMITTED_TICKETS:
+        run, level = re.fullmatch(r"(.+)-level(\d+)\.safetensors", path.name).groups()
+        [source] = resolve_sources(str(path), None, None)
+        kept, total = masks.count(source.mask)
+        assert total == 10_616_832 and len(source.mask) == 36, path.name
+        assert total - kept == round(sparsity_at(int(level), "remaining", 0.3) * total), path.name
+        mask, notes = adapt(source, weights, base, "minilm")
+        assert mask.keys() == weights.keys() and notes == [], (path.name, notes)
+        assert run in (REPO / "benchmarks" / "tickets" / "README.md").read_text(), f"{run} is not described"
